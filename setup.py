@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8.6",
     "numpy>=2.0",
+    "absl-py>=2.1",
     # Weight import and tokenizers (models/).
     "safetensors>=0.8.0",
     "gguf>=0.19.0",

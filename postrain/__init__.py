@@ -3,10 +3,22 @@
 The pure-function core is importable without models, configs or trainers::
 
   from postrain import losses, advantages
+
+Subpackages load on first use (`postrain.models`, `.sampling`, `.tasks`, `.selection`, `.train`),
+so `import postrain` stays cheap for processes that need only part of it (e.g. verifier workers).
 """
 
-from postrain import advantages, losses
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["advantages", "losses", "__version__"]
+_SUBPACKAGES = ("advantages", "losses", "models", "sampling", "selection", "tasks", "train", "kernels")
+
+__all__ = ["__version__", *_SUBPACKAGES]
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBPACKAGES:
+    return importlib.import_module(f"postrain.{name}")
+  raise AttributeError(f"module 'postrain' has no attribute {name!r}")

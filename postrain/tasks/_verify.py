@@ -1,0 +1,388 @@
+"""Batch verification with deadlines: a slow or crashing scorer costs one reward, never the run.
+
+Scorers run in worker processes (`python -m postrain.tasks._worker`, started with JAX pinned to
+CPU so a worker never opens the accelerator). Items go to a worker in chunks (one message) and
+come back in order (flushed every 10 ms); a worker's deadline is `timeout_s` after its last
+answer (or the chunk's dispatch). Past it the worker is killed and respawned, and the chunk's
+unanswered items are re-run one per message so the slow item is identified exactly: it gets
+reward 0 and `VerifierStats.timeouts` is incremented. A scorer exception (or a worker that dies)
+gives 0 and increments `errors`. A completion with no extractable answer gives 0 and counts in
+`no_answer`.
+
+Workers are subprocesses, not `multiprocessing` children, so the user's `__main__` is never
+re-imported; a custom `Task` must be importable by module path (not defined in `__main__`) to be
+sent to a worker, or scored in-process with `timeout_s=None` (no deadline).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import math
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing import Pipe
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from postrain.tasks._extract import extract_answer
+from postrain.tasks._problem import Problem, Task
+
+
+@dataclasses.dataclass
+class VerifierStats:
+  """Counts from one (or several merged) scoring calls.
+
+  Attributes:
+    total: items submitted.
+    scored: items whose scorer returned a value.
+    no_answer: completions with nothing to extract (reward 0, scorer not called).
+    timeouts: scorers past their deadline (reward 0).
+    errors: scorers that raised or whose worker died (reward 0).
+    format_errors: SCRL completions whose subproblem format was violated (rewards 0).
+  """
+
+  total: int = 0
+  scored: int = 0
+  no_answer: int = 0
+  timeouts: int = 0
+  errors: int = 0
+  format_errors: int = 0
+
+  def merge(self, other: VerifierStats) -> VerifierStats:
+    """Returns the field-wise sum."""
+    return VerifierStats(
+      **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+    )
+
+  def as_dict(self, prefix: str = "verifier/") -> dict[str, float]:
+    """Metrics dict, e.g. {"verifier/timeouts": 0.0, ...}."""
+    return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+# Items per message: amortises the socket round trip without delaying the other workers.
+_MAX_CHUNK = 64
+
+
+class _Worker:
+  """One scorer subprocess and its socket."""
+
+  def __init__(self, startup_timeout_s: float):
+    self.startup_timeout_s = startup_timeout_s
+    parent, child = Pipe(duplex=True)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    self.proc = subprocess.Popen(
+      [sys.executable, "-m", "postrain.tasks._worker", str(child.fileno())],
+      pass_fds=[child.fileno()],
+      stdin=subprocess.DEVNULL,
+      env=env,
+    )
+    child.close()
+    self.conn = parent
+    self.conn.send(("init", list(sys.path)))
+    self.task_blob: bytes | None = None  # the last task sent
+    self.pending_acks = 0  # task messages not yet answered
+
+  def send_task(self, blob: bytes) -> None:
+    """Sends the task without waiting (the worker imports while the caller works)."""
+    if self.task_blob != blob:
+      self.conn.send(("task", blob))
+      self.task_blob = blob
+      self.pending_acks += 1
+
+  def await_ready(self) -> bool:
+    """Waits for the last task to load; False if the worker did not answer in time or died."""
+    deadline = time.monotonic() + self.startup_timeout_s
+    try:
+      while self.pending_acks:
+        if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+          return False
+        message = self.conn.recv()
+        self.pending_acks -= 1
+        if message[0] == "task_error" and not self.pending_acks:
+          self.task_blob = None  # Resend next time rather than score with no task.
+          raise RuntimeError(
+            f"The verifier worker could not load the task: {message[1]}. A Task sent to a "
+            "worker must be importable by module path; pass timeout_s=None to score in-process."
+          )
+    except (EOFError, OSError):
+      return False
+    return True
+
+  def kill(self) -> None:
+    try:
+      self.proc.kill()
+      self.proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+      pass
+    self.conn.close()
+
+  def close(self) -> None:
+    try:
+      self.conn.send(("quit",))
+      self.proc.wait(timeout=0.5)
+    except (OSError, subprocess.TimeoutExpired):
+      pass
+    self.kill()
+
+
+def _pickle_task(task: Task) -> bytes:
+  try:
+    return pickle.dumps(task)
+  except Exception as e:
+    raise TypeError(
+      f"`task` ({task!r}) cannot be pickled for the verifier worker ({e}); "
+      "pass timeout_s=None to score in-process."
+    ) from e
+
+
+class VerifierPool:
+  """Worker processes that run task scorers under per-item deadlines.
+
+  Args:
+    num_workers: scorer processes (started lazily, reused across calls).
+    startup_timeout_s: how long a (re)started worker may take to import the task's modules.
+  """
+
+  def __init__(self, num_workers: int = 1, *, startup_timeout_s: float = 120.0):
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+      raise ValueError(f"`num_workers` must be a positive int, got {num_workers!r}.")
+    self.num_workers = num_workers
+    self.startup_timeout_s = float(startup_timeout_s)
+    self._workers: list[_Worker | None] = [None] * num_workers
+    self._lock = threading.Lock()
+
+  def __enter__(self) -> VerifierPool:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Stops every worker (a later `score` starts new ones)."""
+    for i, worker in enumerate(self._workers):
+      if worker is not None:
+        worker.close()
+      self._workers[i] = None
+
+  def warmup(self, task: Task) -> None:
+    """Starts the workers and sends them `task` without waiting for them to load it."""
+    blob = _pickle_task(task)
+    with self._lock:
+      for slot in range(self.num_workers):
+        self._send(slot, blob)
+
+  def _send(self, slot: int, blob: bytes) -> None:
+    worker = self._workers[slot]
+    if worker is not None and worker.proc.poll() is not None:
+      worker.kill()
+      worker = None
+    if worker is None:
+      worker = self._workers[slot] = _Worker(self.startup_timeout_s)
+    try:
+      worker.send_task(blob)
+    except OSError:
+      worker.kill()
+      self._workers[slot] = None
+
+  def _await(self, slot: int) -> _Worker | None:
+    worker = self._workers[slot]
+    if worker is not None and worker.await_ready():
+      return worker
+    if worker is not None:
+      worker.kill()
+    self._workers[slot] = None
+    return None
+
+  def _restart(self, slot: int, blob: bytes) -> _Worker | None:
+    worker = self._workers[slot]
+    if worker is not None:
+      worker.kill()
+    self._workers[slot] = None
+    self._send(slot, blob)
+    return self._await(slot)
+
+  def _run(self, workers, blob, todo, problems, answers, timeout_s, rewards, stats) -> None:
+    """Streams chunks of items to the workers (module docstring).
+
+    A worker answers in order but flushes every `_worker._FLUSH_S`, so when it hangs or dies with
+    several items outstanding the culprit is unknown: those items are re-run one per message
+    (`suspects`), where a failure is attributed exactly. A slow item may thus cost up to two
+    deadlines, only on this rare path.
+    """
+    queues = {slot: collections.deque() for slot in workers}  # items sent, not yet answered
+    progress = dict.fromkeys(workers, 0.0)
+    suspects: collections.deque[int] = collections.deque()
+
+    def fail(slot: int, timed_out: bool) -> None:
+      queue = queues[slot]
+      if len(queue) == 1:  # The only outstanding item is the culprit.
+        queue.clear()
+        if timed_out:
+          stats.timeouts += 1
+        else:
+          stats.errors += 1
+      suspects.extend(queue)
+      queue.clear()
+      workers[slot] = self._restart(slot, blob)
+
+    while True:
+      live = [slot for slot, worker in workers.items() if worker is not None]
+      chunk_size = max(1, min(_MAX_CHUNK, -(-len(todo) // max(len(live), 1))))
+      for slot in live:
+        if queues[slot] or not (todo or suspects):
+          continue
+        source, size = (suspects, 1) if suspects else (todo, chunk_size)
+        chunk = [source.popleft() for _ in range(min(size, len(source)))]
+        queues[slot].extend(chunk)
+        progress[slot] = time.monotonic()
+        try:
+          workers[slot].conn.send(("score", [(i, answers[i], problems[i]) for i in chunk]))
+        except OSError:
+          source.extendleft(reversed(chunk))
+          queues[slot].clear()
+          workers[slot] = self._restart(slot, blob)
+      busy = [slot for slot in queues if queues[slot]]
+      if not busy:
+        stats.errors += len(todo) + len(suspects)  # No worker could start: count, never hang.
+        return
+      next_deadline = min(progress[slot] for slot in busy) + timeout_s
+      conns = {workers[slot].conn: slot for slot in busy}
+      for conn in wait(list(conns), timeout=max(0.0, next_deadline - time.monotonic())):
+        slot = conns[conn]
+        try:
+          while queues[slot] and conn.poll(0):
+            _, results = conn.recv()
+            progress[slot] = time.monotonic()
+            for kind, i, value in results:
+              queues[slot].popleft()
+              value = float(value) if kind == "ok" else math.nan
+              if math.isfinite(value):
+                rewards[i] = value
+                stats.scored += 1
+              else:
+                stats.errors += 1
+        except (EOFError, OSError):  # The worker died.
+          fail(slot, timed_out=False)
+      now = time.monotonic()
+      for slot in busy:
+        if queues[slot] and now >= progress[slot] + timeout_s:
+          fail(slot, timed_out=True)
+
+  def score(
+    self,
+    task: Task,
+    problems: Sequence[Problem],
+    answers: Sequence[str | None],
+    *,
+    timeout_s: float,
+  ) -> tuple[np.ndarray, VerifierStats]:
+    """Scores extracted answers; returns (rewards: f32[N], stats). See the module docstring."""
+    blob = _pickle_task(task)
+    rewards = np.zeros(len(problems), np.float32)
+    stats = VerifierStats(total=len(problems))
+    todo = collections.deque(i for i, a in enumerate(answers) if a is not None)
+    stats.no_answer = len(problems) - len(todo)
+    if not todo:
+      return rewards, stats
+    with self._lock:
+      for slot in range(self.num_workers):  # Start all, then wait: imports run in parallel.
+        self._send(slot, blob)
+      workers = {slot: self._await(slot) for slot in range(self.num_workers)}
+      self._run(workers, blob, todo, problems, answers, timeout_s, rewards, stats)
+    return rewards, stats
+
+
+_DEFAULT_POOL: VerifierPool | None = None
+
+
+def default_pool() -> VerifierPool:
+  """The process-wide pool used when `pool=None` (one worker; closed at exit)."""
+  global _DEFAULT_POOL
+  if _DEFAULT_POOL is None:
+    _DEFAULT_POOL = VerifierPool()
+    atexit.register(_DEFAULT_POOL.close)
+  return _DEFAULT_POOL
+
+
+def score_answers(
+  task: Task,
+  problems: Sequence[Problem],
+  answers: Sequence[str | None],
+  *,
+  timeout_s: float | None = 5.0,
+  pool: VerifierPool | None = None,
+) -> tuple[np.ndarray, VerifierStats]:
+  """Scores already-extracted answers with `task.score`.
+
+  Args:
+    task: the task whose scorer to use.
+    problems: N problems.
+    answers: N extracted answers (None: no answer, reward 0).
+    timeout_s: per-item deadline in seconds; None scores in this process with no deadline
+      (exceptions are still caught and counted).
+    pool: the worker pool (default: `default_pool()`).
+
+  Returns:
+    (rewards: f32[N], stats: VerifierStats)
+  """
+  if len(problems) != len(answers):
+    raise ValueError(f"`answers` has {len(answers)} items but `problems` has {len(problems)}.")
+  if timeout_s is not None and not timeout_s > 0:
+    raise ValueError(f"`timeout_s` must be > 0 or None, got {timeout_s}.")
+  if timeout_s is not None:
+    return (pool or default_pool()).score(task, problems, answers, timeout_s=timeout_s)
+  rewards = np.zeros(len(problems), np.float32)
+  stats = VerifierStats(total=len(problems))
+  for i, (problem, answer) in enumerate(zip(problems, answers)):
+    if answer is None:
+      stats.no_answer += 1
+      continue
+    try:
+      value = float(task.score(answer, problem))
+    except Exception:
+      stats.errors += 1
+      continue
+    if math.isfinite(value):
+      rewards[i] = value
+      stats.scored += 1
+    else:
+      stats.errors += 1
+  return rewards, stats
+
+
+def score_batch(
+  task: Task,
+  problems: Sequence[Problem],
+  completions: Sequence[str],
+  *,
+  last_number_fallback: bool = False,
+  timeout_s: float | None = 5.0,
+  pool: VerifierPool | None = None,
+) -> tuple[np.ndarray, VerifierStats]:
+  """Extracts each completion's answer and scores it with the task's own scorer.
+
+  Args:
+    task: the task (its `score` is the verifier).
+    problems: N problems (repeat a problem G times for a group of G rollouts).
+    completions: N generated texts (without the prompt).
+    last_number_fallback: passed to `extract_answer`.
+    timeout_s: per-item deadline (see `score_answers`).
+    pool: the worker pool (default: `default_pool()`).
+
+  Returns:
+    (rewards: f32[N], stats: VerifierStats). A slow or failing scorer gives 0 and is counted.
+  """
+  if len(problems) != len(completions):
+    raise ValueError(
+      f"`completions` has {len(completions)} items but `problems` has {len(problems)}."
+    )
+  answers = [extract_answer(c, last_number_fallback=last_number_fallback) for c in completions]
+  return score_answers(task, problems, answers, timeout_s=timeout_s, pool=pool)
