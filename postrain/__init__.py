@@ -13,7 +13,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("advantages", "losses", "models", "sampling", "selection", "tasks", "train", "kernels")
+_SUBPACKAGES = (
+  "advantages",
+  "losses",
+  "models",
+  "sampling",
+  "selection",
+  "tasks",
+  "train",
+  "kernels",
+)
 
 __all__ = ["__version__", *_SUBPACKAGES]
 

@@ -17,13 +17,17 @@ def main() -> None:
   print(f"rewards    {rewards}")
   print(f"advantages {adv}")
   for level in ("token", "sequence", "sequence_token"):
-    loss_fn = jax.jit(jax.value_and_grad(
+    loss_fn = jax.jit(
+      jax.value_and_grad(
         lambda lp, level=level: losses.ppo_clip(
-            lp, old_logp, adv, mask, eps_low=0.2, eps_high=0.28, level=level
+          lp, old_logp, adv, mask, eps_low=0.2, eps_high=0.28, level=level
         )[0]
-    ))
+      )
+    )
     loss, grad = loss_fn(logp)
-    print(f"ppo_clip level={level:15s} loss={float(loss):+.5f} |grad|={float(jnp.linalg.norm(grad)):.5f}")
+    print(
+      f"ppo_clip level={level:15s} loss={float(loss):+.5f} |grad|={float(jnp.linalg.norm(grad)):.5f}"
+    )
   loss, aux = jax.jit(lambda lp: losses.conspo(lp, mask, rewards, group_size=group_size))(logp)
   print(f"conspo loss={float(loss):+.5f} groups_with_contrast={float(aux['contrast_frac']):.2f}")
 

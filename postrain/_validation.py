@@ -27,7 +27,9 @@ def check_rank(name: str, x: Any, ranks: int | Sequence[int]) -> None:
   ndim = np.ndim(x)
   if ndim not in ranks:
     expected = " or ".join(str(r) for r in ranks)
-    raise ValueError(f"`{name}` must have rank {expected}, got rank {ndim} with shape {np.shape(x)}.")
+    raise ValueError(
+      f"`{name}` must have rank {expected}, got rank {ndim} with shape {np.shape(x)}."
+    )
 
 
 def check_shape(name: str, x: Any, shape: Sequence[int], like: str | None = None) -> None:
@@ -51,7 +53,7 @@ def check_group_size(group_size: Any, batch: int, batch_name: str = "rewards") -
     raise ValueError(f"`group_size` must be >= 1, got {group_size}.")
   if batch % group_size:
     raise ValueError(
-        f"`group_size`={group_size} does not divide the batch dimension {batch} of `{batch_name}`."
+      f"`group_size`={group_size} does not divide the batch dimension {batch} of `{batch_name}`."
     )
 
 

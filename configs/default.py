@@ -1,0 +1,63 @@
+"""The embedded default: a tiny decoder trained from scratch on chain sums, SFT then GSPO, on CPU.
+
+No downloads: reasoning-gym generates the problems, a sentencepiece tokenizer is trained on them,
+the model starts from random weights, is warm-started by SFT on project-generated step-by-step
+solutions, then improved by GSPO against reasoning-gym's own scorer. About 10 minutes on 2 CPU cores.
+
+  python -m postrain.train --config configs/default.py --workdir runs/default
+  python -m postrain.train --config configs/default.py:scale=smoke --workdir runs/smoke   # ~1 minute
+  python -m postrain.train --config configs/default.py:algorithm=grpo --workdir runs/grpo
+"""
+
+from postrain.train import config as base
+
+
+def get_config(arg: str | None = None):
+  arg = base.parse_arg(arg, scale="default", algorithm="gspo")
+  c = base.base_config()
+  c.task.name = "chain_sum"
+  c.task.kwargs = dict(min_terms=3, max_terms=3, min_digits=1, max_digits=2)
+  c.task.num_train = 4000
+  c.task.num_eval = 200
+  c.tokenizer.vocab_size = 256
+
+  c.model.name = "tiny"
+  c.model.overrides = dict(
+    embed_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512
+  )
+
+  c.sft.steps = 400
+  c.sft.batch_size = 64
+  c.sft.lr = 3e-3
+  c.sft.max_len = 96
+
+  base.set_algorithm(c, arg.algorithm)
+  c.rl.steps = 120
+  c.rl.prompts_per_step = 16
+  c.rl.group_size = 8
+  c.rl.updates_per_batch = 2
+  c.rl.lr = 2e-4
+  c.rl.max_new_tokens = 40
+  c.rl.cache_size = 128
+  c.rl.temperature = 1.0
+
+  c.eval.every = 40
+  c.eval.num_problems = 200
+  c.eval.k = 4
+  c.eval.max_new_tokens = 40
+  c.checkpoint.every = 40
+
+  if arg.scale in ("smoke", "test"):  # a short end-to-end check of every stage
+    c.task.num_train, c.task.num_eval = 300, 32
+    c.sft.steps, c.rl.steps = 20, 4
+    c.rl.prompts_per_step, c.rl.group_size = 4, 4
+    c.eval.every, c.eval.num_problems, c.eval.k = 2, 32, 2
+    c.checkpoint.every = 2
+  if arg.scale == "test":  # the unit tests' size: seconds per stage
+    c.model.overrides = dict(
+      embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64
+    )
+    c.sft.steps, c.sft.batch_size, c.sft.max_len = 4, 8, 80
+    c.rl.max_new_tokens, c.rl.cache_size, c.eval.max_new_tokens = 12, 96, 12
+    c.eval.num_problems = 8
+  return c

@@ -1,0 +1,163 @@
+"""Orbax checkpoints for the trainer: save every N steps, keep K, resume from the newest readable one.
+
+A checkpoint is written to a temporary directory and renamed when complete (orbax's atomic commit),
+so a run killed mid-save leaves an unfinished directory that is never picked up. A directory that
+is complete but unreadable (a truncated file, a disk error) is skipped in favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_LOG = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """Saves and restores `(state pytree, metadata dict)` pairs under `directory/<step>`.
+
+  Args:
+    directory: where step directories go (created if absent).
+    every: save interval in steps (`maybe_save` is a no-op in between).
+    keep: how many of the newest checkpoints to keep.
+  """
+
+  def __init__(self, directory: str, *, every: int, keep: int):
+    if every < 1:
+      raise ValueError(f"`checkpoint.every` must be >= 1, got {every}.")
+    if keep < 1:
+      raise ValueError(f"`checkpoint.keep` must be >= 1, got {keep}.")
+    self.every = every
+    self._manager = ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=("state", "meta"),
+    )
+
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoints on disk, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def maybe_save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+    """Saves when `step` is a multiple of `every` (or `force`); returns whether it saved."""
+    if not force and step % self.every:
+      return False
+    if step in self._manager.all_steps():
+      return False
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    return True
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the newest readable checkpoint into the structure/shardings of `abstract_state`.
+
+    Returns `(step, state, meta)`, or None when there is no readable checkpoint.
+    """
+    for step in reversed(self.steps()):
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+          ),
+        )
+      except Exception as err:
+        _LOG.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, err)
+        continue
+      return step, restored.state, dict(restored.meta)
+    return None
+
+  def wait(self) -> None:
+    """Blocks until asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """The `jax.ShapeDtypeStruct` tree (with shardings) orbax restores into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class StopFlag:
+  """Turns SIGTERM (and SIGINT) into a flag the loop polls, so it can save and exit cleanly."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> StopFlag:
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    _LOG.warning("received signal %d: saving a checkpoint and stopping", signum)
+    self._event.set()
+
+  @property
+  def stop_requested(self) -> bool:
+    return self._event.is_set()
+
+
+def check_workdir_config(workdir: str, config_json: str) -> None:
+  """Records the run's config in `workdir`, or refuses a workdir that belongs to another config.
+
+  Keys under `allowed_to_differ` may change between restarts (e.g. logging cadence); the rest must
+  match so a resumed run continues the same experiment.
+  """
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+    current = json.loads(config_json)
+    diff = sorted(_diff_keys(previous, current))
+    if diff:
+      raise ValueError(
+        f"workdir {workdir!r} belongs to a different config (keys differ: {', '.join(diff)}). "
+        "Use a new --workdir, or restore the original settings to resume."
+      )
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(config_json)
+  os.replace(tmp, path)
+
+
+# Settings that do not change the experiment; a resumed run may alter them.
+_MAY_DIFFER = {"log_every", "checkpoint.every", "checkpoint.keep", "progress_bar", "eval.every"}
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out: set[str] = set()
+    for key in set(a) | set(b):
+      name = f"{prefix}{key}"
+      if name in _MAY_DIFFER:
+        continue
+      if key not in a or key not in b:
+        out.add(name)
+      else:
+        out |= _diff_keys(a[key], b[key], name + ".")
+    return out
+  return set() if a == b else {prefix.rstrip(".")}

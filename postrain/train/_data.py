@@ -1,0 +1,137 @@
+"""Data for the trainer: problems from the task (materialised as a tfds dataset in the workdir),
+the tokenizer, and the token batches for SFT, rollouts and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections as mlc
+import numpy as np
+
+from postrain import tasks
+from postrain.models import tokenizers as tokenizers_lib
+
+
+@dataclasses.dataclass
+class TaskData:
+  """Everything the loop needs about the task: problems, scorer, prompts and the tokenizer."""
+
+  task: tasks.Task
+  train: list[tasks.Problem]
+  test: list[tasks.Problem]
+  tokenizer: Any  # a postrain.models.tokenizers.Tokenizer
+  chat_template: Any  # messages -> str, or None for plain prompts
+
+  def prompt(self, problem: tasks.Problem) -> str:
+    return tasks.format_prompt(problem, chat_template=self.chat_template)
+
+  def encode_prompts(self, problems: list[tasks.Problem]) -> list[list[int]]:
+    bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id >= 0 else []
+    return [bos + self.tokenizer.encode(self.prompt(p)) for p in problems]
+
+  def decode_responses(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+    """Texts of the masked response tokens of each row, without the stop token."""
+    eos = self.tokenizer.eos_id
+    out = []
+    for row, row_mask in zip(tokens, mask):
+      ids = [int(t) for t, m in zip(row, row_mask) if m and int(t) != eos]
+      out.append(self.tokenizer.decode(ids))
+    return out
+
+
+def load_task_data(
+  config: mlc.ConfigDict, workdir: str, tokenizer: Any = None, chat_template: Any = None
+) -> TaskData:
+  """Builds (or reuses) the task's dataset and tokenizer under `workdir`.
+
+  reasoning-gym tasks are generated once into a tfds array_record dataset in `workdir/data` and
+  read back with `tfds.data_source`; a JSONL task reads the user's file. Without a given
+  `tokenizer`, a sentencepiece model is trained on the task corpus (cached in `workdir/tokenizer`).
+  """
+  cfg = config.task
+  kwargs = dict(cfg.kwargs.to_dict()) if hasattr(cfg.kwargs, "to_dict") else dict(cfg.kwargs)
+  if cfg.name == "jsonl":
+    if not os.path.exists(cfg.jsonl_path):
+      raise FileNotFoundError(f"config.task.jsonl_path: no such file {cfg.jsonl_path!r}")
+    task = tasks.get_task("jsonl", train=cfg.jsonl_path, **kwargs)
+    train = task.generate("train", cfg.num_train, seed=config.seed)
+    test = task.generate("test", cfg.num_eval, seed=config.seed)
+  else:
+    task = tasks.get_task(cfg.name, **kwargs)
+    data_dir = os.path.join(workdir, "data")
+    _quiet_tfds()
+    builder = tasks.prepare_task_dataset(
+      cfg.name,
+      data_dir=data_dir,
+      splits={"train": cfg.num_train, "test": cfg.num_eval},
+      seed=config.seed,
+      task_kwargs=kwargs,
+    )
+    name = builder.builder_config.name
+    train = tasks.load_task_problems(data_dir, name, "train")
+    test = tasks.load_task_problems(data_dir, name, "test")
+  if not train or not test:
+    raise ValueError(f"config.task: task {cfg.name!r} produced no train or no test problems.")
+  if tokenizer is None:
+    if config.tokenizer.kind != "sentencepiece":
+      raise ValueError(
+        "config.tokenizer.kind: only 'sentencepiece' is trained by the trainer; "
+        "pretrained models bring their own tokenizer."
+      )
+    path = config.tokenizer.path or tasks.train_tokenizer(
+      tasks.task_corpus(train),
+      os.path.join(workdir, "tokenizer"),
+      vocab_size=config.tokenizer.vocab_size,
+    )
+    tokenizer = tokenizers_lib.SentencePieceTokenizer(path)
+  return TaskData(
+    task=task, train=train, test=test, tokenizer=tokenizer, chat_template=chat_template
+  )
+
+
+def sft_batch(data: TaskData, problems: list[tasks.Problem], max_len: int) -> dict[str, np.ndarray]:
+  """Right-padded `prompt + reference solution + eos` sequences with a loss mask on the solution.
+
+  Returns tokens i32[B, max_len], valid bool[B, max_len], loss_mask f32[B, max_len].
+  """
+  tok = data.tokenizer
+  n = len(problems)
+  tokens = np.full((n, max_len), max(tok.pad_id, 0), np.int32)
+  valid = np.zeros((n, max_len), bool)
+  loss_mask = np.zeros((n, max_len), np.float32)
+  bos = [tok.bos_id] if tok.bos_id >= 0 else []
+  for i, problem in enumerate(problems):
+    example = tasks.sft_example(problem, chat_template=data.chat_template)
+    if example is None:
+      raise ValueError(
+        f"problem {problem.id} of task {problem.task!r} has no reference solution for SFT"
+      )
+    prompt, target = example
+    p_ids = bos + tok.encode(prompt)
+    t_ids = tok.encode(target) + [tok.eos_id]
+    ids = (p_ids + t_ids)[:max_len]
+    tokens[i, : len(ids)] = ids
+    valid[i, : len(ids)] = True
+    loss_mask[i, len(p_ids) : len(ids)] = 1.0
+  return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+
+
+def step_problems(
+  problems: list[tasks.Problem], *, seed: int, step: int, count: int
+) -> list[tasks.Problem]:
+  """The problems of one step: a deterministic function of (seed, step), so a resumed run sees
+  exactly the data an uninterrupted run would."""
+  rng = np.random.default_rng([seed, step])
+  idx = rng.choice(len(problems), size=count, replace=len(problems) < count)
+  return [problems[i] for i in idx]
+
+
+def _quiet_tfds() -> None:
+  """tfds logs every shard it writes and draws progress bars; the trainer has its own."""
+  import tensorflow_datasets as tfds
+  from absl import logging as absl_logging
+
+  tfds.disable_progress_bar()
+  absl_logging.set_verbosity(absl_logging.WARNING)

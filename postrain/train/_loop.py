@@ -1,0 +1,339 @@
+"""The training loop: optional SFT warm start, then RL (rollout -> reward -> advantage -> loss ->
+optax update), with held-out evaluation, metrics, checkpoints and a final report.
+
+Every step's data and randomness are functions of (seed, step), and the checkpoint holds the
+parameters, optimiser state and step, so a killed run restarted with the same command continues
+exactly where the last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from postrain import losses, models
+from postrain.sampling import Sampler
+from postrain.train import _checkpoint, _data, _metrics, _rollout, _steps
+from postrain.train.config import validate
+
+_LOG = logging.getLogger(__name__)
+
+
+def build_model(config: mlc.ConfigDict, vocab_size: int | None, *, seed: int) -> nnx.Module:
+  """A decoder from scratch (named config sized to the tokenizer) or from imported weights."""
+  src = config.model.source
+  if src == "scratch":
+    overrides = dict(
+      vocab_size=vocab_size, dtype=config.model.dtype, param_dtype=config.model.dtype
+    )
+    overrides.update(config.model.overrides.to_dict())
+    cfg = models.get_config(config.model.name, **overrides)
+    return models.Decoder(cfg, rngs=nnx.Rngs(seed))
+  if not os.path.exists(config.model.path):
+    raise FileNotFoundError(f"config.model.path: no such file or directory {config.model.path!r}")
+  loader = models.from_gguf if src == "gguf" else models.from_hf_dir
+  _, model = loader(config.model.path, dtype=config.model.dtype)
+  return model
+
+
+class Trainer:
+  """Holds the run's state; `run()` trains from the latest checkpoint to the end."""
+
+  def __init__(
+    self,
+    config: mlc.ConfigDict,
+    workdir: str,
+    *,
+    model: nnx.Module | None = None,
+    tokenizer: Any = None,
+    chat_template: Any = None,
+  ):
+    validate(config)
+    self.config, self.workdir = config, workdir
+    _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
+    self.data = _data.load_task_data(
+      config, workdir, tokenizer=tokenizer, chat_template=chat_template
+    )
+    if model is None:
+      model = build_model(config, self.data.tokenizer.vocab_size, seed=config.seed)
+    self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+    self.sampler = Sampler(model, cache_size=config.rl.cache_size)
+    self.sft_steps, self.rl_steps = (
+      config.sft.steps,
+      (config.rl.steps if config.mode == "rl" else 0),
+    )
+    self.total_steps = self.sft_steps + self.rl_steps
+    opt = config.optimizer
+    common = dict(
+      warmup_steps=opt.warmup_steps,
+      min_lr_ratio=opt.min_lr_ratio,
+      weight_decay=opt.weight_decay,
+      b1=opt.b1,
+      b2=opt.b2,
+      grad_clip=opt.grad_clip,
+    )
+    self.sft_tx = _steps.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
+    rl_updates = max(self.rl_steps * config.rl.updates_per_batch, 1)
+    self.rl_tx = _steps.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
+    self.opt_state = (self.sft_tx if self.sft_steps else self.rl_tx).init(self.params)
+    impl = config.model.logprob_impl
+    self.sft_update = _steps.make_update(
+      functools.partial(_steps.sft_loss, impl=impl), self.sft_tx, self.graphdef, self.rest
+    )
+    rl = config.rl
+    self.rl_spec = _steps.RLSpec(
+      algorithm=rl.algorithm,
+      group_size=rl.group_size,
+      eps_low=rl.eps_low,
+      eps_high=rl.eps_high,
+      dual_clip=rl.dual_clip or None,
+      agg=rl.agg,
+      max_len=rl.max_new_tokens if rl.agg == "seq_mean_token_sum_norm" else None,
+      kl_coef=rl.kl_coef,
+      kl_kind=rl.kl_kind,
+      entropy_coef=rl.entropy_coef,
+      conspo_tau=rl.conspo_tau,
+      logprob_impl=impl,
+    )
+    self.rl_update = _steps.make_update(
+      functools.partial(_steps.rl_loss, spec=self.rl_spec), self.rl_tx, self.graphdef, self.rest
+    )
+    self.ref_logprobs = _steps.make_logprob_fn(self.graphdef, self.rest, impl)
+    # The frozen reference model of the KL term (reset to the policy when RL starts).
+    self.ref_params = jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 else None
+    self.base_key = jax.random.key(config.seed)
+    self.checkpointer = _checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      every=config.checkpoint.every,
+      keep=config.checkpoint.keep,
+    )
+    self.step = 0
+
+  # -- state -----------------------------------------------------------------------------------
+
+  def _state(self) -> dict[str, Any]:
+    state = {"params": self.params, "opt_state": self.opt_state}
+    if self.ref_params is not None:
+      state["ref_params"] = self.ref_params
+    return state
+
+  def _save(self, *, force: bool = False) -> None:
+    meta = {
+      "step": self.step,
+      "data_position": self._data_position(),
+      "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(),
+    }
+    if self.checkpointer.maybe_save(self.step, self._state(), meta, force=force):
+      _LOG.info("checkpoint saved at step %d", self.step)
+
+  def _data_position(self) -> int:
+    """Problems consumed so far (SFT examples, then RL prompts)."""
+    sft = min(self.step, self.sft_steps) * self.config.sft.batch_size
+    return sft + max(self.step - self.sft_steps, 0) * self.config.rl.prompts_per_step
+
+  def _restore(self) -> None:
+    restored = self.checkpointer.restore_latest(_checkpoint.abstract_like(self._state()))
+    if restored is None:
+      return
+    self.step, state, _ = restored
+    self.params, self.opt_state = state["params"], state["opt_state"]
+    self.ref_params = state.get("ref_params")
+    _LOG.info("resumed from step %d", self.step)
+
+  def _enter_rl(self) -> None:
+    """Fresh optimiser state for the RL phase and the frozen reference model for the KL term."""
+    self.opt_state = self.rl_tx.init(self.params)
+    if self.config.rl.kl_coef > 0:
+      self.ref_params = jax.tree.map(jnp.copy, self.params)
+
+  # -- steps -----------------------------------------------------------------------------------
+
+  def _sft_step(self) -> dict[str, float]:
+    cfg = self.config
+    problems = _data.step_problems(
+      self.data.train, seed=cfg.seed, step=self.step, count=cfg.sft.batch_size
+    )
+    batch = _data.sft_batch(self.data, problems, cfg.sft.max_len)
+    start = time.perf_counter()
+    self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
+    aux = jax.device_get(aux)
+    seconds = time.perf_counter() - start
+    return {
+      "sft_loss": aux["loss"],
+      "grad_norm": aux["grad_norm"],
+      "train_tokens_per_s": float(batch["valid"].sum()) / seconds,
+    }
+
+  def _rl_step(self) -> dict[str, float]:
+    cfg, rl = self.config, self.config.rl
+    rl_step = self.step - self.sft_steps
+    progress = rl_step / max(self.rl_steps, 1)
+    problems = _data.step_problems(
+      self.data.train, seed=cfg.seed, step=self.step, count=rl.prompts_per_step
+    )
+    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
+    key = jax.random.fold_in(self.base_key, self.step)
+    out, texts, sample_s = _rollout.generate(
+      self.sampler,
+      self.data,
+      problems,
+      key=key,
+      n=rl.group_size,
+      max_new_tokens=rl.max_new_tokens,
+      temperature=rl.temperature,
+      top_k=rl.top_k,
+      top_p=rl.top_p,
+    )
+    rewards, vstats = _rollout.score(
+      self.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
+    )
+    batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
+    if self.ref_params is not None:
+      batch["ref_logp"] = self.ref_logprobs(
+        self.ref_params, batch["tokens"], batch["mask"], batch["valid"]
+      )
+    margin = losses.margin_schedule(
+      rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
+    )
+    start = time.perf_counter()
+    rows = out.tokens.shape[0] // rl.updates_per_batch
+    auxes = []
+    for i in range(rl.updates_per_batch):
+      mb = jax.tree.map(lambda x, i=i: x[i * rows : (i + 1) * rows], batch)
+      self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
+      auxes.append(aux)
+    auxes = jax.device_get(auxes)
+    update_s = time.perf_counter() - start
+    for name in auxes[0]:
+      metrics[name] = float(np.mean([a[name] for a in auxes]))
+    generated = float(np.asarray(out.lengths).sum())
+    metrics.update(
+      accuracy=float(np.mean(rewards > 0.5)),
+      sample_tokens_per_s=generated / sample_s,
+      train_tokens_per_s=float(np.asarray(out.valid).sum()) / update_s,
+      verifier_timeouts=float(vstats.timeouts),
+      verifier_errors=float(vstats.errors),
+      margin=float(margin),
+    )
+    return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    cfg = self.config
+    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
+    key = jax.random.fold_in(jax.random.fold_in(self.base_key, 2**30), self.step)
+    return _rollout.evaluate(
+      self.sampler,
+      self.data,
+      self.data.test[: cfg.eval.num_problems],
+      key=key,
+      k=cfg.eval.k,
+      max_new_tokens=cfg.eval.max_new_tokens,
+      timeout_s=cfg.task.verifier_timeout_s,
+    )
+
+  # -- the loop --------------------------------------------------------------------------------
+
+  def run(self) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    cfg = self.config
+    self._restore()
+    writer = _metrics.MetricsWriter(self.workdir, resume_step=self.step if self.step else None)
+    report = self._load_report()
+    bar = tqdm(
+      total=self.total_steps,
+      initial=self.step,
+      disable=not cfg.progress_bar,
+      desc="train",
+      dynamic_ncols=True,
+    )
+    try:
+      with _checkpoint.StopFlag() as stop:
+        while self.step < self.total_steps:
+          if self.step == self.sft_steps:
+            report["after_sft" if self.sft_steps else "initial"] = self._eval_and_log(
+              writer, report
+            )
+            self._enter_rl()
+          elif self.step > self.sft_steps and (self.step - self.sft_steps) % cfg.eval.every == 0:
+            self._eval_and_log(writer, report)
+          metrics = self._sft_step() if self.step < self.sft_steps else self._rl_step()
+          self.step += 1
+          if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            writer.write(self.step, metrics)
+          bar.update(1)
+          bar.set_postfix(
+            {
+              k: f"{metrics[k]:.3g}"
+              for k in ("sft_loss", "reward_mean", "accuracy")
+              if k in metrics
+            }
+          )
+          self._save()
+          if stop.stop_requested:
+            self._save(force=True)
+            self.checkpointer.close()
+            _LOG.warning(
+              "stopped at step %d after a termination signal; rerun to resume", self.step
+            )
+            return report
+      if "final" not in report or report["final"].get("step") != self.step:
+        report["final"] = self._eval_and_log(writer, report)
+      self._save(force=True)
+    finally:
+      bar.close()
+      writer.close()
+      self.checkpointer.wait()
+    self._write_report(report)
+    return report
+
+  def _eval_and_log(
+    self, writer: _metrics.MetricsWriter, report: dict[str, Any]
+  ) -> dict[str, float]:
+    result = dict(self.evaluate(), step=self.step)
+    writer.write(self.step, result, kind="eval")
+    report.setdefault("evals", [])
+    report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
+    self._write_report(report)
+    print(
+      f"[eval step {self.step}] "
+      + " ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "step")
+    )
+    return result
+
+  def _load_report(self) -> dict[str, Any]:
+    path = os.path.join(self.workdir, "report.json")
+    if self.step and os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+      report["evals"] = [e for e in report.get("evals", []) if e["step"] <= self.step]
+      return report
+    return {}
+
+  def _write_report(self, report: dict[str, Any]) -> None:
+    path = os.path.join(self.workdir, "report.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
+    jsonl = os.path.join(self.workdir, "metrics.jsonl")
+    if "final" in report and os.path.exists(jsonl):
+      _metrics.plot_curves(
+        jsonl,
+        os.path.join(self.workdir, "curves.png"),
+        title=f"{self.config.task.name} / {self.config.rl.algorithm}",
+      )
+
+
+def train(config: mlc.ConfigDict, workdir: str, **kwargs: Any) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the report."""
+  return Trainer(config, workdir, **kwargs).run()

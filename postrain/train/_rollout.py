@@ -1,0 +1,125 @@
+"""Rollouts and evaluation: sample groups with the in-JAX sampler, score them on the host with the
+task's verifier, and turn rewards into advantages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from postrain import advantages, tasks
+from postrain.sampling import Sampler
+from postrain.train._data import TaskData
+
+
+def generate(
+  sampler: Sampler,
+  data: TaskData,
+  problems: list[tasks.Problem],
+  *,
+  key: jax.Array,
+  n: int,
+  max_new_tokens: int,
+  temperature: float,
+  top_k: int = 0,
+  top_p: float = 1.0,
+):
+  """Samples `n` responses per problem; returns (SampleOutput, texts, seconds)."""
+  start = time.perf_counter()
+  out = sampler(
+    data.encode_prompts(problems),
+    key=key,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_k=top_k or None,
+    top_p=None if top_p >= 1.0 else top_p,
+    n=n,
+    stop_tokens=(data.tokenizer.eos_id,),
+    pad_id=max(data.tokenizer.pad_id, 0),
+  )
+  tokens, mask = np.asarray(out.tokens), np.asarray(out.response_mask)
+  texts = data.decode_responses(tokens, mask)
+  return out, texts, time.perf_counter() - start
+
+
+def score(
+  data: TaskData, problems: list[tasks.Problem], texts: list[str], n: int, timeout_s: float
+) -> tuple[np.ndarray, tasks.VerifierStats]:
+  """Rewards f32[len(problems) * n] of the texts (problem p's n samples contiguous)."""
+  repeated = [p for p in problems for _ in range(n)]
+  return tasks.score_batch(data.task, repeated, texts, timeout_s=timeout_s)
+
+
+def rl_batch(
+  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+  """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays)."""
+  rewards_j = jnp.asarray(rewards, jnp.float32)
+  mask = out.response_mask.astype(jnp.float32)
+  adv = advantages.group_normalized(rewards_j, group_size=rl.group_size, scale=rl.adv_scale)
+  zero_var = advantages.zero_variance_groups(rewards_j, group_size=rl.group_size)
+  loss_mask = mask
+  if rl.dynamic_sampling:  # DAPO: groups without reward variance carry no signal; drop them.
+    loss_mask = loss_mask * (~zero_var)[:, None].astype(jnp.float32)
+  if rl.temporal.enabled:
+    loss_mask = advantages.temporal_window(
+      loss_mask,
+      progress,
+      start=0.0,
+      end=rl.temporal.end_progress,
+      rho0=1.0 - rl.temporal.start_frac,
+    )
+  batch = {
+    "tokens": out.tokens,
+    "valid": out.valid,
+    "mask": mask,
+    "loss_mask": loss_mask,
+    "old_logp": out.model_logp,
+    "advantages": adv,
+    "rewards": rewards_j,
+  }
+  metrics = {
+    "reward_mean": float(np.mean(rewards)),
+    "reward_std": float(np.std(rewards)),
+    "zero_variance_frac": float(jnp.mean(zero_var.astype(jnp.float32))),
+    "response_len": float(np.mean(np.asarray(out.lengths))),
+  }
+  return batch, metrics
+
+
+def evaluate(
+  sampler: Sampler,
+  data: TaskData,
+  problems: list[tasks.Problem],
+  *,
+  key: jax.Array,
+  k: int,
+  max_new_tokens: int,
+  timeout_s: float,
+  batch_size: int = 64,
+) -> dict[str, float]:
+  """Held-out pass@1 (greedy and sampled at temperature 1) and unbiased pass@k from k samples."""
+  greedy, sampled = [], []
+  for start in range(0, len(problems), batch_size):
+    chunk = problems[start : start + batch_size]
+    key, k_sample = jax.random.split(key)
+    _, texts, _ = generate(
+      sampler, data, chunk, key=k_sample, n=1, max_new_tokens=max_new_tokens, temperature=0.0
+    )
+    greedy.append(score(data, chunk, texts, 1, timeout_s)[0])
+    _, texts, _ = generate(
+      sampler, data, chunk, key=k_sample, n=k, max_new_tokens=max_new_tokens, temperature=1.0
+    )
+    sampled.append(score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k))
+  greedy_r = np.concatenate(greedy)
+  sampled_r = np.concatenate(sampled)
+  correct = (sampled_r > 0.5).sum(-1)
+  return {
+    "pass1_greedy": float(np.mean(greedy_r > 0.5)),
+    "pass1_sampled": float(np.mean(sampled_r > 0.5)),
+    f"pass{k}": float(np.mean(tasks.pass_at_k(np.full_like(correct, k), correct, k))),
+  }

@@ -1,0 +1,247 @@
+"""The config schema shared by every file in `configs/` (big_vision style: configs are Python).
+
+`base_config()` returns an unlocked `ml_collections.ConfigDict` with every key the trainer reads and
+its default; a config file changes what it needs and returns it. `python -m postrain.train` loads the
+file with `lock_config=True`, so an override of a key that does not exist fails with the valid keys
+listed, and `validate(config)` rejects bad values before any compilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections as mlc
+
+MODES = ("sft", "rl", "opd")
+ALGORITHMS = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo", "conspo", "scrl")
+MODEL_SOURCES = ("scratch", "hf", "gguf")
+TOKENIZERS = ("sentencepiece", "hf", "gguf")
+
+
+def base_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.seed = 0
+  # "sft": supervised only; "rl": SFT warm start (if sft.steps > 0), then RL; "opd": distillation.
+  c.mode = "rl"
+  c.log_every = 1
+  c.progress_bar = True
+
+  c.task = mlc.ConfigDict()
+  c.task.name = "chain_sum"  # any postrain.tasks name, or "jsonl" with task.jsonl_path
+  c.task.kwargs = mlc.ConfigDict()  # difficulty knobs passed to the reasoning-gym generator
+  c.task.num_train = 2000
+  c.task.num_eval = 200
+  c.task.prompt_format = "plain"  # "plain" or "chat"
+  c.task.jsonl_path = ""
+  c.task.verifier_timeout_s = 2.0
+
+  c.tokenizer = mlc.ConfigDict()
+  c.tokenizer.kind = "sentencepiece"  # trained on the task corpus, cached in the workdir
+  c.tokenizer.vocab_size = 512
+  c.tokenizer.path = ""
+
+  c.model = mlc.ConfigDict()
+  c.model.source = "scratch"  # "scratch", "hf" (checkpoint dir) or "gguf" (file)
+  c.model.name = "tiny"  # a postrain.models named config (for source="scratch")
+  c.model.overrides = mlc.ConfigDict()  # ModelConfig fields replacing the named config's (scratch)
+  c.model.path = ""
+  c.model.dtype = "float32"
+  c.model.logprob_impl = "naive"  # "naive", "chunked" or "pallas" (fused kernels)
+
+  c.optimizer = mlc.ConfigDict()
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 20
+  c.optimizer.min_lr_ratio = 0.1  # cosine decay to lr * min_lr_ratio
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.grad_clip = 1.0
+
+  c.sft = mlc.ConfigDict()
+  c.sft.steps = 0
+  c.sft.batch_size = 64
+  c.sft.lr = 3e-3
+  c.sft.max_len = 128
+
+  c.rl = mlc.ConfigDict()
+  c.rl.algorithm = "gspo"
+  c.rl.steps = 0
+  c.rl.prompts_per_step = 16
+  c.rl.group_size = 8
+  c.rl.updates_per_batch = 2  # optimiser steps per rollout batch (minibatches), with old log-probs
+  c.rl.lr = 1e-4
+  c.rl.max_new_tokens = 64
+  c.rl.cache_size = 192
+  c.rl.temperature = 1.0
+  c.rl.top_k = 0
+  c.rl.top_p = 1.0
+  c.rl.eps_low = 3e-4  # GSPO's sequence-level clip range; configs for token-level losses set 0.2
+  c.rl.eps_high = 4e-4
+  c.rl.dual_clip = 0.0  # 0 disables; otherwise c > 1
+  c.rl.agg = "seq_mean_token_mean"
+  c.rl.kl_coef = 0.0  # > 0 keeps a frozen reference model
+  c.rl.kl_kind = "k3"
+  c.rl.entropy_coef = 0.0
+  c.rl.adv_scale = "group"  # "group" (GRPO), "none" (Dr.GRPO), "batch"
+  c.rl.dynamic_sampling = False  # DAPO: drop zero-variance groups from the update
+  c.rl.conspo_tau = 10.0
+  c.rl.conspo_margin = 0.01
+  c.rl.conspo_margin_warmup = 0.3
+  c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of each group sampled from the curriculum prompt
+  c.rl.temporal = mlc.ConfigDict()
+  c.rl.temporal.enabled = False
+  c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
+  c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
+
+  c.eval = mlc.ConfigDict()
+  c.eval.every = 50
+  c.eval.num_problems = 200
+  c.eval.k = 4  # pass@k from k samples per problem
+  c.eval.max_new_tokens = 64
+
+  c.checkpoint = mlc.ConfigDict()
+  c.checkpoint.every = 50
+  c.checkpoint.keep = 3
+  return c
+
+
+def validate(c: mlc.ConfigDict) -> None:
+  """Raises ValueError naming the key for values the trainer cannot run with."""
+
+  def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}: {msg}")
+
+  need(c.mode in MODES, "mode", f"must be one of {MODES}, got {c.mode!r}")
+  need(
+    c.model.source in MODEL_SOURCES,
+    "model.source",
+    f"must be one of {MODEL_SOURCES}, got {c.model.source!r}",
+  )
+  need(
+    c.model.source == "scratch" or bool(c.model.path),
+    "model.path",
+    "is required when model.source != 'scratch'",
+  )
+  need(
+    c.model.logprob_impl in ("naive", "chunked", "pallas"),
+    "model.logprob_impl",
+    f"must be naive, chunked or pallas, got {c.model.logprob_impl!r}",
+  )
+  need(
+    c.tokenizer.kind in TOKENIZERS,
+    "tokenizer.kind",
+    f"must be one of {TOKENIZERS}, got {c.tokenizer.kind!r}",
+  )
+  need(c.task.prompt_format in ("plain", "chat"), "task.prompt_format", "must be 'plain' or 'chat'")
+  need(
+    c.task.name != "jsonl" or bool(c.task.jsonl_path),
+    "task.jsonl_path",
+    "is required when task.name == 'jsonl'",
+  )
+  need(c.task.num_eval >= 1, "task.num_eval", "must be >= 1")
+  need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
+  need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
+  need(
+    c.rl.algorithm in ALGORITHMS,
+    "rl.algorithm",
+    f"must be one of {ALGORITHMS}, got {c.rl.algorithm!r}",
+  )
+  need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
+  need(
+    c.rl.group_size >= 2,
+    "rl.group_size",
+    f"must be >= 2 (group-relative advantages need at least two samples per prompt), got {c.rl.group_size}",
+  )
+  need(c.rl.prompts_per_step >= 1, "rl.prompts_per_step", "must be >= 1")
+  batch = c.rl.prompts_per_step * c.rl.group_size
+  need(
+    batch % c.rl.updates_per_batch == 0,
+    "rl.updates_per_batch",
+    f"must divide the rollout batch prompts_per_step * group_size = {batch}",
+  )
+  need(
+    (batch // c.rl.updates_per_batch) % c.rl.group_size == 0,
+    "rl.updates_per_batch",
+    "each minibatch must hold whole groups (prompts_per_step must be divisible by updates_per_batch)",
+  )
+  need(
+    0 <= c.rl.eps_low < 1 and c.rl.eps_high >= 0,
+    "rl.eps_low/eps_high",
+    "clip ranges must be in [0, 1)",
+  )
+  need(c.rl.dual_clip == 0 or c.rl.dual_clip > 1, "rl.dual_clip", "must be 0 (off) or > 1")
+  need(c.rl.temperature > 0, "rl.temperature", "must be > 0 for RL sampling")
+  need(0 < c.rl.top_p <= 1, "rl.top_p", "must be in (0, 1]")
+  need(
+    c.rl.cache_size > c.rl.max_new_tokens,
+    "rl.cache_size",
+    "must exceed rl.max_new_tokens (room for the prompt)",
+  )
+  need(
+    c.rl.algorithm != "scrl" or c.rl.group_size % 2 == 0,
+    "rl.group_size",
+    "must be even for SCRL mixed groups",
+  )
+  need(
+    c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
+  )
+  need(c.eval.k >= 1, "eval.k", "must be >= 1")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
+  """Parses a config file's `:arg` string `"k1=v1,k2=v2"` over `defaults` (big_vision style).
+
+  Values are converted to the type of the default; an unknown key is an error.
+  """
+  out = mlc.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(defaults)}")
+    kind = type(defaults[key])
+    out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+  return out
+
+
+# Paper / library defaults per algorithm: (ppo level is implied by the name).
+_ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+  "grpo": dict(eps_low=0.2, eps_high=0.2, agg="seq_mean_token_mean", adv_scale="group"),
+  # DAPO (arXiv 2503.14476): clip-higher, token-mean, dynamic sampling.
+  "dapo": dict(
+    eps_low=0.2, eps_high=0.28, agg="token_mean", adv_scale="group", dynamic_sampling=True
+  ),
+  # Dr.GRPO (arXiv 2503.20783): no std scaling, constant length normaliser.
+  "dr_grpo": dict(eps_low=0.2, eps_high=0.2, agg="seq_mean_token_sum_norm", adv_scale="none"),
+  # GSPO (arXiv 2507.18071): sequence ratio, clip 3e-4 / 4e-4.
+  "gspo": dict(eps_low=3e-4, eps_high=4e-4, agg="seq_mean_token_mean", adv_scale="group"),
+  "gspo_token": dict(eps_low=3e-4, eps_high=4e-4, agg="seq_mean_token_mean", adv_scale="group"),
+  # CISPO (arXiv 2506.13585): only the upper IS-weight clip is active by default.
+  "cispo": dict(eps_low=0.0, eps_high=0.28, agg="token_mean", adv_scale="group"),
+  # ConSPO (arXiv 2605.12969): tau 10, margin 0.01 warmed up over 30% of training.
+  "conspo": dict(conspo_tau=10.0, conspo_margin=0.01, conspo_margin_warmup=0.3),
+  # SCRL (arXiv 2605.22074): token-level PPO on span advantages, one token normaliser.
+  "scrl": dict(eps_low=0.2, eps_high=0.28, agg="token_mean", adv_scale="group"),
+}
+
+
+def set_algorithm(c: mlc.ConfigDict, algorithm: str) -> mlc.ConfigDict:
+  """Sets `c.rl.algorithm` and that algorithm's default hyperparameters; returns `c`."""
+  if algorithm not in _ALGORITHM_DEFAULTS:
+    raise ValueError(f"algorithm must be one of {sorted(_ALGORITHM_DEFAULTS)}, got {algorithm!r}")
+  c.rl.algorithm = algorithm
+  c.rl.update(_ALGORITHM_DEFAULTS[algorithm])
+  return c
+
+
+def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
+  """`get_config(arg)` of a config file (what `--config path:arg` loads), for notebooks and tests."""
+  import importlib.util
+  import os
+
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file not found: {path!r}")
+  spec = importlib.util.spec_from_file_location(f"postrain_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

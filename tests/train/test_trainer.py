@@ -1,0 +1,106 @@
+"""End-to-end trainer tests on the `scale=test` default config (seconds per stage)."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from trainutil import load_config
+
+from postrain.train import _metrics
+
+
+def test_run_writes_report_metrics_tensorboard_plot_and_checkpoints(trained_run):
+  workdir, report = trained_run
+  cfg = load_config()
+  assert set(report) >= {"after_sft", "final", "evals"}
+  assert report["after_sft"]["step"] == cfg.sft.steps
+  assert report["final"]["step"] == cfg.sft.steps + cfg.rl.steps
+  for result in (report["after_sft"], report["final"]):
+    for key in ("pass1_greedy", "pass1_sampled", f"pass{cfg.eval.k}"):
+      assert 0.0 <= result[key] <= 1.0
+    # pass@k from k samples can never be below the sampled pass@1.
+    assert result[f"pass{cfg.eval.k}"] >= result["pass1_sampled"] - 1e-9
+  records = _metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_steps = [r["step"] for r in records if r["kind"] == "train"]
+  assert train_steps == list(range(1, cfg.sft.steps + cfg.rl.steps + 1))
+  rl = [r for r in records if r["kind"] == "train" and "reward_mean" in r]
+  assert len(rl) == cfg.rl.steps
+  for key in (
+    "reward_std",
+    "accuracy",
+    "zero_variance_frac",
+    "entropy",
+    "clip_frac_low",
+    "clip_frac_high",
+    "response_len",
+    "sample_tokens_per_s",
+    "train_tokens_per_s",
+  ):
+    assert all(r[key] is not None and np.isfinite(r[key]) for r in rl), key
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  with open(os.path.join(workdir, "curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert steps[-1] == cfg.sft.steps + cfg.rl.steps and len(steps) <= cfg.checkpoint.keep
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["final"] == report["final"]
+
+
+def test_rerun_of_finished_workdir_resumes_and_does_not_retrain(trained_run):
+  from postrain import train
+
+  workdir, report = trained_run
+  before = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
+  again = train.Trainer(load_config(), workdir)
+  again._restore()
+  cfg = load_config()
+  assert again.step == cfg.sft.steps + cfg.rl.steps
+  assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == before
+  del report
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ({"rl.group_size": 1}, "rl.group_size"),
+    ({"rl.updates_per_batch": 3}, "rl.updates_per_batch"),
+    ({"rl.algorithm": "ppo2"}, "rl.algorithm"),
+    ({"mode": "dpo"}, "config.mode"),
+    ({"rl.top_p": 1.5}, "rl.top_p"),
+  ],
+)
+def test_bad_config_values_fail_with_the_key(override, message, tmp_path):
+  from postrain import train
+
+  cfg = load_config()
+  for key, value in override.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    train.Trainer(cfg, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_workdir_of_a_different_config_is_refused(trained_run):
+  from postrain import train
+
+  workdir, _ = trained_run
+  cfg = load_config()
+  cfg.rl.lr = cfg.rl.lr * 2
+  with pytest.raises(ValueError, match="different config.*rl.lr"):
+    train.Trainer(cfg, workdir)
+
+
+def test_missing_jsonl_file_is_a_clear_error(tmp_path):
+  from postrain import train
+
+  cfg = load_config()
+  cfg.task.name = "jsonl"
+  cfg.task.jsonl_path = str(tmp_path / "nope.jsonl")
+  with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    train.Trainer(cfg, str(tmp_path / "w"))
