@@ -53,7 +53,7 @@ setup(
   long_description=open("README.md", encoding="utf-8").read(),
   long_description_content_type="text/markdown",
   python_requires=">=3.10",
-  packages=find_packages(include=["postrain", "postrain.*"]) + ["postrain.kernels"],
+  packages=[*find_packages(include=["postrain", "postrain.*"]), "postrain.kernels"],
   package_dir={"postrain.kernels": "kernels"},
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS,

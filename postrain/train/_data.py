@@ -110,7 +110,7 @@ def sft_batch(data: TaskData, problems: list[tasks.Problem], max_len: int) -> di
       )
     prompt, target = example
     p_ids = bos + tok.encode(prompt)
-    t_ids = tok.encode(target) + [tok.eos_id]
+    t_ids = [*tok.encode(target), tok.eos_id]
     ids = (p_ids + t_ids)[:max_len]
     tokens[i, : len(ids)] = ids
     valid[i, : len(ids)] = True

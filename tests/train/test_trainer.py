@@ -92,7 +92,7 @@ def test_workdir_of_a_different_config_is_refused(trained_run):
   workdir, _ = trained_run
   cfg = load_config()
   cfg.rl.lr = cfg.rl.lr * 2
-  with pytest.raises(ValueError, match="different config.*rl.lr"):
+  with pytest.raises(ValueError, match=r"different config.*rl\.lr"):
     train.Trainer(cfg, workdir)
 
 
@@ -102,5 +102,5 @@ def test_missing_jsonl_file_is_a_clear_error(tmp_path):
   cfg = load_config()
   cfg.task.name = "jsonl"
   cfg.task.jsonl_path = str(tmp_path / "nope.jsonl")
-  with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+  with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
     train.Trainer(cfg, str(tmp_path / "w"))
