@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
   c.task.kwargs = dict(min_terms=3, max_terms=3, min_digits=1, max_digits=2)
   c.task.num_train = 4000
   c.task.num_eval = 200
+  c.task.instruction = ""  # the from-scratch model learns the answer format from SFT
   c.tokenizer.vocab_size = 256
 
   c.model.name = "tiny"

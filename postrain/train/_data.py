@@ -23,9 +23,12 @@ class TaskData:
   test: list[tasks.Problem]
   tokenizer: Any  # a postrain.models.tokenizers.Tokenizer
   chat_template: Any  # messages -> str, or None for plain prompts
+  instruction: str | None = None  # None: the task's default instruction
 
   def prompt(self, problem: tasks.Problem) -> str:
-    return tasks.format_prompt(problem, chat_template=self.chat_template)
+    return tasks.format_prompt(
+      problem, chat_template=self.chat_template, instruction=self.instruction
+    )
 
   def encode_prompts(self, problems: list[tasks.Problem]) -> list[list[int]]:
     bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id >= 0 else []
@@ -91,8 +94,19 @@ def load_task_data(
   )
 
 
-def sft_batch(data: TaskData, problems: list[tasks.Problem], max_len: int) -> dict[str, np.ndarray]:
+def sft_batch(
+  data: TaskData,
+  problems: list[tasks.Problem],
+  max_len: int,
+  *,
+  curriculum_frac: float = 0.0,
+  num_subproblems: int = 0,
+) -> dict[str, np.ndarray]:
   """Right-padded `prompt + reference solution + eos` sequences with a loss mask on the solution.
+
+  The first `curriculum_frac` of the rows are SCRL curriculum examples (the problem's subproblem
+  chain and its reference `answer_k:` completion), so an SCRL run starts from a model that knows
+  the curriculum format.
 
   Returns tokens i32[B, max_len], valid bool[B, max_len], loss_mask f32[B, max_len].
   """
@@ -102,8 +116,22 @@ def sft_batch(data: TaskData, problems: list[tasks.Problem], max_len: int) -> di
   valid = np.zeros((n, max_len), bool)
   loss_mask = np.zeros((n, max_len), np.float32)
   bos = [tok.bos_id] if tok.bos_id >= 0 else []
+  num_curriculum = round(curriculum_frac * n)
   for i, problem in enumerate(problems):
-    example = tasks.sft_example(problem, chat_template=data.chat_template)
+    chain = (
+      tasks.scrl_chain(problem, num_subproblems=num_subproblems or None)
+      if i < num_curriculum
+      else None
+    )
+    if chain is not None:
+      example = (
+        tasks.format_scrl_prompt(chain, chat_template=data.chat_template),
+        "\n" + tasks.scrl_reference_completion(chain),
+      )
+    else:
+      example = tasks.sft_example(
+        problem, chat_template=data.chat_template, instruction=data.instruction
+      )
     if example is None:
       raise ValueError(
         f"problem {problem.id} of task {problem.task!r} has no reference solution for SFT"

@@ -23,7 +23,7 @@ from flax import nnx
 
 from postrain import losses, models
 from postrain.sampling import Sampler
-from postrain.train import _checkpoint, _data, _metrics, _rollout, _steps
+from postrain.train import _checkpoint, _data, _metrics, _rollout, _scrl, _steps
 from postrain.train.config import validate
 
 _LOG = logging.getLogger(__name__)
@@ -163,7 +163,16 @@ class Trainer:
     problems = _data.step_problems(
       self.data.train, seed=cfg.seed, step=self.step, count=cfg.sft.batch_size
     )
-    batch = _data.sft_batch(self.data, problems, cfg.sft.max_len)
+    curriculum = (
+      cfg.rl.scrl_curriculum_frac if cfg.rl.algorithm == "scrl" and cfg.mode == "rl" else 0.0
+    )
+    batch = _data.sft_batch(
+      self.data,
+      problems,
+      cfg.sft.max_len,
+      curriculum_frac=curriculum,
+      num_subproblems=cfg.rl.scrl_num_subproblems,
+    )
     start = time.perf_counter()
     self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
     aux = jax.device_get(aux)
@@ -183,21 +192,32 @@ class Trainer:
     )
     self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
     key = jax.random.fold_in(self.base_key, self.step)
+    timeout_s = cfg.task.verifier_timeout_s
+    scrl = rl.algorithm == "scrl"
+    if scrl:  # mixed groups: G/2 curriculum samples, then G/2 of the original prompt
+      chains = _scrl.chains_for(problems, rl.scrl_num_subproblems)
+      prompts, n = _scrl.interleaved_prompts(self.data, problems, chains), rl.group_size // 2
+    else:
+      prompts, n = self.data.encode_prompts(problems), rl.group_size
     out, texts, sample_s = _rollout.generate(
       self.sampler,
       self.data,
-      problems,
+      prompts,
       key=key,
-      n=rl.group_size,
+      n=n,
       max_new_tokens=rl.max_new_tokens,
       temperature=rl.temperature,
       top_k=rl.top_k,
       top_p=rl.top_p,
     )
-    rewards, vstats = _rollout.score(
-      self.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
-    )
-    batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
+    if scrl:
+      *scored, vstats = _scrl.scrl_batch_rewards(
+        self.data, out, texts, problems, chains, group_size=rl.group_size, timeout_s=timeout_s
+      )
+      batch, metrics, rewards = _scrl.scrl_rl_batch(out, *scored, rl=rl)
+    else:
+      rewards, vstats = _rollout.score(self.data, problems, texts, rl.group_size, timeout_s)
+      batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
     if self.ref_params is not None:
       batch["ref_logp"] = self.ref_logprobs(
         self.ref_params, batch["tokens"], batch["mask"], batch["valid"]

@@ -19,7 +19,7 @@ from postrain.train._data import TaskData
 def generate(
   sampler: Sampler,
   data: TaskData,
-  problems: list[tasks.Problem],
+  prompts: list[list[int]],
   *,
   key: jax.Array,
   n: int,
@@ -28,10 +28,10 @@ def generate(
   top_k: int = 0,
   top_p: float = 1.0,
 ):
-  """Samples `n` responses per problem; returns (SampleOutput, texts, seconds)."""
+  """Samples `n` responses per prompt (token ids); returns (SampleOutput, texts, seconds)."""
   start = time.perf_counter()
   out = sampler(
-    data.encode_prompts(problems),
+    prompts,
     key=key,
     max_new_tokens=max_new_tokens,
     temperature=temperature,
@@ -107,12 +107,13 @@ def evaluate(
   for start in range(0, len(problems), batch_size):
     chunk = problems[start : start + batch_size]
     key, k_sample = jax.random.split(key)
+    prompts = data.encode_prompts(chunk)
     _, texts, _ = generate(
-      sampler, data, chunk, key=k_sample, n=1, max_new_tokens=max_new_tokens, temperature=0.0
+      sampler, data, prompts, key=k_sample, n=1, max_new_tokens=max_new_tokens, temperature=0.0
     )
     greedy.append(score(data, chunk, texts, 1, timeout_s)[0])
     _, texts, _ = generate(
-      sampler, data, chunk, key=k_sample, n=k, max_new_tokens=max_new_tokens, temperature=1.0
+      sampler, data, prompts, key=k_sample, n=k, max_new_tokens=max_new_tokens, temperature=1.0
     )
     sampled.append(score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k))
   greedy_r = np.concatenate(greedy)

@@ -32,6 +32,9 @@ def base_config() -> mlc.ConfigDict:
   c.task.num_train = 2000
   c.task.num_eval = 200
   c.task.prompt_format = "plain"  # "plain" or "chat"
+  c.task.instruction = (
+    "default"  # the instruction before the question: "default" or the text itself
+  )
   c.task.jsonl_path = ""
   c.task.verifier_timeout_s = 2.0
 
@@ -87,7 +90,8 @@ def base_config() -> mlc.ConfigDict:
   c.rl.conspo_tau = 10.0
   c.rl.conspo_margin = 0.01
   c.rl.conspo_margin_warmup = 0.3
-  c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of each group sampled from the curriculum prompt
+  c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of SFT rows that are curriculum examples
+  c.rl.scrl_num_subproblems = 0  # SCRL: keep the last K subproblems of each chain (0: all)
   c.rl.temporal = mlc.ConfigDict()
   c.rl.temporal.enabled = False
   c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start

@@ -1,0 +1,139 @@
+"""SCRL rollouts (arXiv 2605.22074): mixed groups of curriculum and original-prompt samples.
+
+Each problem's group of G rows holds `Gc` samples of the curriculum prompt (its chain of K
+verifiable subproblems, answered as `answer_k: X` lines) followed by `G - Gc` samples of the
+original prompt. Curriculum rows get per-position normalised subproblem advantages written onto
+their answer spans; original rows get GRPO outcome advantages (`advantages.scrl_advantages`).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from postrain import advantages, tasks
+from postrain.train._data import TaskData
+
+
+def chains_for(problems: list[tasks.Problem], num_subproblems: int) -> list[tasks.ScrlChain]:
+  """The curriculum chain of each problem (a problem without one is its own 1-step chain)."""
+  out = []
+  for p in problems:
+    chain = tasks.scrl_chain(p, num_subproblems=num_subproblems or None)
+    out.append(
+      chain
+      if chain is not None
+      else tasks.ScrlChain(p, (tasks.Subproblem(p.question, p.answer, 0),), ())
+    )
+  return out
+
+
+def curriculum_prompt(data: TaskData, chain: tasks.ScrlChain) -> str:
+  return tasks.format_scrl_prompt(chain, chat_template=data.chat_template)
+
+
+def interleaved_prompts(data: TaskData, problems, chains) -> list[list[int]]:
+  """Token ids [curriculum_0, original_0, curriculum_1, ...]: sampled with n = G/2 this gives the
+  mixed-group row layout."""
+  bos = [data.tokenizer.bos_id] if data.tokenizer.bos_id >= 0 else []
+  out = []
+  for problem, chain in zip(problems, chains):
+    out.append(bos + data.tokenizer.encode(curriculum_prompt(data, chain)))
+    out.append(bos + data.tokenizer.encode(data.prompt(problem)))
+  return out
+
+
+def _token_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+  """Character (start, end) of each token in `decode(ids)`, from decoded prefixes."""
+  offsets, prev = [], 0
+  for t in range(1, len(ids) + 1):
+    end = len(tokenizer.decode(ids[:t]))
+    offsets.append((prev, end))
+    prev = end
+  return offsets
+
+
+def scrl_batch_rewards(
+  data: TaskData, out, texts: list[str], problems, chains, *, group_size: int, timeout_s: float
+):
+  """Subproblem rewards, outcome rewards, span ids and format flags of a mixed-group rollout.
+
+  Returns (sub_rewards f32[B, K], outcome f32[B], span_ids i32[B, T], format_ok bool[B],
+  is_curriculum bool[B], verifier stats).
+  """
+  half = group_size // 2
+  b, t = out.tokens.shape
+  rows_chain = [c for c in chains for _ in range(group_size)]
+  is_curr = np.tile(np.arange(group_size) < half, len(problems))
+  k_max = max(c.num_subproblems for c in chains)
+  curr_idx = np.flatnonzero(is_curr)
+  orig_idx = np.flatnonzero(~is_curr)
+  sub = np.zeros((b, k_max), np.float32)
+  fmt = np.zeros(b, bool)
+  sub_r, fmt_c, stats = tasks.score_subproblems_batch(
+    data.task,
+    [rows_chain[i] for i in curr_idx],
+    [texts[i] for i in curr_idx],
+    num_subproblems=k_max,
+    timeout_s=timeout_s,
+  )
+  sub[curr_idx], fmt[curr_idx] = sub_r, fmt_c
+  outcome = np.zeros(b, np.float32)
+  orig_r, stats_o = tasks.score_batch(
+    data.task,
+    [rows_chain[i].problem for i in orig_idx],
+    [texts[i] for i in orig_idx],
+    timeout_s=timeout_s,
+  )
+  outcome[orig_idx] = orig_r
+  span_ids = np.full((b, t), -1, np.int32)
+  tokens, mask = np.asarray(out.tokens), np.asarray(out.response_mask)
+  eos = data.tokenizer.eos_id
+  for i in curr_idx:
+    chain = rows_chain[i]
+    spans = tasks.scrl_char_spans(texts[i], chain.num_subproblems)
+    if spans is None:
+      continue
+    cols = [c for c in np.flatnonzero(mask[i]) if int(tokens[i, c]) != eos]
+    ids = tasks.token_span_ids(
+      spans, _token_offsets(data.tokenizer, [int(tokens[i, c]) for c in cols])
+    )
+    pad = k_max - chain.num_subproblems  # left-padded reward columns of a shorter chain
+    span_ids[i, cols] = np.where(ids >= 0, ids + pad, -1)
+  return sub, outcome, span_ids, fmt, is_curr, stats.merge(stats_o)
+
+
+def scrl_rl_batch(out, sub, outcome, span_ids, fmt, is_curr, *, rl: mlc.ConfigDict):
+  """The update batch and metrics of an SCRL step (token advantages [B, T])."""
+  mask = out.response_mask.astype(jnp.float32)
+  adv, scrl_metrics = advantages.scrl_advantages(
+    jnp.asarray(sub),
+    jnp.asarray(outcome),
+    jnp.asarray(span_ids),
+    mask,
+    group_size=rl.group_size,
+    num_curriculum=rl.group_size // 2,
+    format_ok=jnp.asarray(fmt),
+    scale=rl.adv_scale,
+  )
+  batch = {
+    "tokens": out.tokens,
+    "valid": out.valid,
+    "mask": mask,
+    "loss_mask": mask,
+    "old_logp": out.model_logp,
+    "advantages": adv,
+    "rewards": jnp.asarray(outcome),
+  }
+  orig = outcome[~is_curr]
+  metrics = {
+    "reward_mean": float(orig.mean()),
+    "reward_std": float(orig.std()),
+    "scrl_final_correct": float(sub[is_curr, -1].mean()),
+    "scrl_format_ok": float(fmt[is_curr].mean()),
+    "response_len": float(np.mean(np.asarray(out.lengths))),
+    **{f"scrl_{k}": float(v) for k, v in scrl_metrics.items()},
+  }
+  metrics["zero_variance_frac"] = metrics.get("scrl_outcome_zero_variance_frac", 0.0)
+  return batch, metrics, orig
