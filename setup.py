@@ -42,7 +42,8 @@ EXTRAS = {
   # Parity against Hugging Face transformers on CPU torch (2.13.0 is the CPU build here).
   "parity": [
     "torch==2.13.0",
-    "transformers>=4.57",
+    "transformers>=5.23",
+    "accelerate>=1.15",  # transformers needs it to load GGUF files
   ],
 }
 

@@ -42,14 +42,6 @@ from postrain.tasks._scrl import (
   token_span_ids,
 )
 from postrain.tasks._solutions import ANSWER_FORMATS, Step, reference_solution, reference_steps
-from postrain.tasks._tfds import (
-  PostrainTasks,
-  TaskBuilderConfig,
-  load_task_problems,
-  prepare_task_dataset,
-  problem_from_record,
-  problem_to_record,
-)
 from postrain.tasks._tokenizer import task_corpus, train_tokenizer
 from postrain.tasks._verify import (
   VerifierPool,
@@ -58,4 +50,28 @@ from postrain.tasks._verify import (
   score_answers,
   score_batch,
 )
-from postrain.tasks import mopd, selfplay, smepo
+
+# tensorflow_datasets and the self-play sandbox are heavy imports; load them on first use so that
+# verifier workers (which import this package) start fast.
+_LAZY = {
+  name: "postrain.tasks._tfds"
+  for name in [
+    "PostrainTasks",
+    "TaskBuilderConfig",
+    "load_task_problems",
+    "prepare_task_dataset",
+    "problem_from_record",
+    "problem_to_record",
+  ]
+}
+_LAZY_MODULES = ("mopd", "selfplay", "smepo")
+
+
+def __getattr__(name):
+  import importlib
+
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  if name in _LAZY_MODULES:
+    return importlib.import_module(f"postrain.tasks.{name}")
+  raise AttributeError(f"module 'postrain.tasks' has no attribute {name!r}")

@@ -12,6 +12,13 @@ gives 0 and increments `errors`. A completion with no extractable answer gives 0
 Workers are subprocesses, not `multiprocessing` children, so the user's `__main__` is never
 re-imported; a custom `Task` must be importable by module path (not defined in `__main__`) to be
 sent to a worker, or scored in-process with `timeout_s=None` (no deadline).
+
+A worker runs the copy of `_worker.py` this module read when it was imported, never the file on
+disk at spawn time: workers are (re)started all through a long run, and a checkout edited or a
+package upgraded meanwhile would otherwise pair this process's protocol with another version's
+worker (a trainer whose restarted workers all crashed on `for i, answer, problem in message[1]`,
+scoring every answer 0, was that). Answers are checked against the items sent, and a call that
+raises kills the workers it left with items in flight, so no answer reaches the wrong call.
 """
 
 from __future__ import annotations
@@ -34,6 +41,20 @@ import numpy as np
 
 from postrain.tasks._extract import extract_answer
 from postrain.tasks._problem import Problem, Task
+
+# The worker program as of this import (module docstring); started with `python -c _BOOTSTRAP FD`,
+# the source travelling in the environment (popped at once, so scorers' subprocesses don't see it).
+_WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+with open(_WORKER_PATH, encoding="utf-8") as _f:
+  _WORKER_SOURCE = _f.read()
+_SOURCE_ENV = "POSTRAIN_VERIFIER_WORKER_SOURCE"
+# linecache gets the snapshot too, so a worker traceback quotes the lines that actually ran.
+_BOOTSTRAP = (
+  "import linecache, os\n"
+  f"src, path = os.environ.pop({_SOURCE_ENV!r}), {_WORKER_PATH!r}\n"
+  "linecache.cache[path] = (len(src), None, src.splitlines(True), path)\n"
+  "exec(compile(src, path, 'exec'), {'__name__': '__main__', '__file__': path})\n"
+)
 
 
 @dataclasses.dataclass
@@ -78,13 +99,21 @@ class _Worker:
     self.startup_timeout_s = startup_timeout_s
     parent, child = Pipe(duplex=True)
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    self.proc = subprocess.Popen(
-      [sys.executable, "-m", "postrain.tasks._worker", str(child.fileno())],
-      pass_fds=[child.fileno()],
-      stdin=subprocess.DEVNULL,
-      env=env,
-    )
-    child.close()
+    env[_SOURCE_ENV] = _WORKER_SOURCE
+    try:
+      # Only `child` is passed: Pipe() FDs are close-on-exec and close_fds is on, so no worker
+      # holds another's socket (which would hide that worker's death from the parent).
+      self.proc = subprocess.Popen(
+        [sys.executable, "-c", _BOOTSTRAP, str(child.fileno())],
+        pass_fds=[child.fileno()],
+        stdin=subprocess.DEVNULL,
+        env=env,
+      )
+    except BaseException:
+      parent.close()
+      raise
+    finally:
+      child.close()
     self.conn = parent
     self.conn.send(("init", list(sys.path)))
     self.task_blob: bytes | None = None  # the last task sent
@@ -133,6 +162,36 @@ class _Worker:
     self.kill()
 
 
+class _ProtocolError(Exception):
+  """A worker's message does not answer the items it was sent."""
+
+
+def _receive_results(conn) -> list:
+  """The ("ok" | "error", i, value) list of the worker's next ("results", [...]) message."""
+  try:
+    message = conn.recv()
+  except (EOFError, OSError):
+    raise
+  except Exception as e:  # Undecodable: the stream is out of step.
+    raise _ProtocolError(f"undecodable message ({e})") from e
+  if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "results"):
+    raise _ProtocolError(f"unexpected message {str(message)[:100]}")
+  results = message[1]
+  if not (isinstance(results, list) and all(isinstance(r, tuple) and len(r) == 3 for r in results)):
+    raise _ProtocolError(f"malformed results {str(results)[:100]}")
+  return results
+
+
+def _unpicklable_item(chunk, problems, answers, error: Exception) -> TypeError:
+  for i in chunk:
+    for name, value in (("problems", problems[i]), ("answers", answers[i])):
+      try:
+        pickle.dumps(value)
+      except Exception as e:
+        return TypeError(f"`{name}[{i}]` cannot be pickled for the verifier worker: {e}")
+  return TypeError(f"The items cannot be sent to the verifier worker: {error}")
+
+
 def _pickle_task(task: Task) -> bytes:
   try:
     return pickle.dumps(task)
@@ -167,10 +226,11 @@ class VerifierPool:
 
   def close(self) -> None:
     """Stops every worker (a later `score` starts new ones)."""
-    for i, worker in enumerate(self._workers):
-      if worker is not None:
-        worker.close()
-      self._workers[i] = None
+    with self._lock:
+      for i, worker in enumerate(self._workers):
+        if worker is not None:
+          worker.close()
+        self._workers[i] = None
 
   def warmup(self, task: Task) -> None:
     """Starts the workers and sends them `task` without waiting for them to load it."""
@@ -185,7 +245,10 @@ class VerifierPool:
       worker.kill()
       worker = None
     if worker is None:
-      worker = self._workers[slot] = _Worker(self.startup_timeout_s)
+      try:
+        worker = self._workers[slot] = _Worker(self.startup_timeout_s)
+      except OSError:  # Could not spawn (e.g. EAGAIN under load): the slot stays empty.
+        return
     try:
       worker.send_task(blob)
     except OSError:
@@ -218,6 +281,18 @@ class VerifierPool:
     deadlines, only on this rare path.
     """
     queues = {slot: collections.deque() for slot in workers}  # items sent, not yet answered
+    try:
+      self._stream(workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues)
+    except BaseException:
+      # Interrupted (Ctrl-C, an item that cannot be pickled, ...): a worker with items in flight
+      # would hand their answers (or a half-written message) to the next call, so it goes.
+      for slot, queue in queues.items():
+        if queue and self._workers[slot] is not None:
+          self._workers[slot].kill()
+          self._workers[slot] = None
+      raise
+
+  def _stream(self, workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues):
     progress = dict.fromkeys(workers, 0.0)
     suspects: collections.deque[int] = collections.deque()
 
@@ -243,12 +318,16 @@ class VerifierPool:
         chunk = [source.popleft() for _ in range(min(size, len(source)))]
         queues[slot].extend(chunk)
         progress[slot] = time.monotonic()
+        message = ("score", [(i, answers[i], problems[i]) for i in chunk])
         try:
-          workers[slot].conn.send(("score", [(i, answers[i], problems[i]) for i in chunk]))
+          workers[slot].conn.send(message)
         except OSError:
           source.extendleft(reversed(chunk))
           queues[slot].clear()
           workers[slot] = self._restart(slot, blob)
+        except Exception as e:  # Pickling failed: nothing was written, the worker stays.
+          queues[slot].clear()
+          raise _unpicklable_item(chunk, problems, answers, e) from e
       busy = [slot for slot in queues if queues[slot]]
       if not busy:
         stats.errors += len(todo) + len(suspects)  # No worker could start: count, never hang.
@@ -259,9 +338,11 @@ class VerifierPool:
         slot = conns[conn]
         try:
           while queues[slot] and conn.poll(0):
-            _, results = conn.recv()
+            results = _receive_results(conn)
             progress[slot] = time.monotonic()
             for kind, i, value in results:
+              if not queues[slot] or i != queues[slot][0]:
+                raise _ProtocolError(f"answer for item {i}, expected {list(queues[slot])[:1]}")
               queues[slot].popleft()
               value = float(value) if kind == "ok" else math.nan
               if math.isfinite(value):
@@ -269,11 +350,13 @@ class VerifierPool:
                 stats.scored += 1
               else:
                 stats.errors += 1
-        except (EOFError, OSError):  # The worker died.
+        except (EOFError, OSError, _ProtocolError):  # The worker died (or is out of step).
           fail(slot, timed_out=False)
       now = time.monotonic()
       for slot in busy:
-        if queues[slot] and now >= progress[slot] + timeout_s:
+        # An answer already waiting is not late: the parent itself may have been busy (a restart
+        # of another worker blocks this loop for the start-up time) or descheduled.
+        if queues[slot] and now >= progress[slot] + timeout_s and not workers[slot].conn.poll(0):
           fail(slot, timed_out=True)
 
   def score(

@@ -1,5 +1,8 @@
 """The verifier worker process: `python -m postrain.tasks._worker FD`.
 
+`postrain.tasks._verify` starts it from the copy of this file it read at import (`python -c`), so
+a worker always speaks its parent's protocol, however this file changes on disk during a run.
+
 Speaks a tiny pickle protocol over the socket FD (see `postrain.tasks._verify`):
   parent -> worker: ("init", sys_path) | ("task", pickled_task) | ("score", [(i, answer, problem)])
   worker -> parent: ("ready",) | ("task_error", msg) | ("results", [("ok", i, reward) | ("error", i, msg)])

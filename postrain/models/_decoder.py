@@ -1,0 +1,113 @@
+"""The decoder: token embedding, a stack of pre-norm blocks, final RMSNorm, tied or untied head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from postrain._validation import check_rank, check_shape
+from postrain.models._cache import KVCache
+from postrain.models._config import ModelConfig
+from postrain.models._layers import Block, RMSNorm, _init
+
+
+def _check_int(name: str, x) -> None:
+  if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+    raise TypeError(f"`{name}` must be an integer array, got dtype {jnp.result_type(x)}.")
+
+
+def _concrete_int(x) -> int | None:
+  """int(x) when x is a concrete value, None under tracing."""
+  try:
+    return int(x)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+    return None
+
+
+class Decoder(nnx.Module):
+  """Decoder-only transformer for the Llama (incl. SmolLM2) and Qwen3 families.
+
+  Parameters (einsum layouts): `embedding` [V, D]; per block `attn.q` [D, N, H], `attn.k`/`attn.v`
+  [D, K, H], `attn.o` [N, H, D], `mlp.gate`/`mlp.up` [D, F], `mlp.down` [F, D], norm scales [D]
+  (and `attn.q_norm`/`attn.k_norm` [H] for Qwen3); `final_norm` [D]; `lm_head` [D, V] when the
+  embeddings are untied.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = cfg.jnp_param_dtype
+    self.embedding = _init(rngs, (cfg.vocab_size, cfg.embed_dim), pdt)
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, dtype=cfg.jnp_dtype, param_dtype=pdt)
+    self.lm_head = None if cfg.tie_embeddings else _init(rngs, (cfg.embed_dim, cfg.vocab_size), pdt)
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    positions: jax.Array,
+    *,
+    valid: jax.Array | None = None,
+    cache: KVCache | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Runs the decoder on T new tokens per row.
+
+    Args:
+      tokens: i32[B, T].
+      positions: i32[B, T], RoPE positions (for left-padded rows: `max(cumsum(valid) - 1, 0)`).
+      valid: bool[B, T], False marks padding (never attended to); default all True.
+      cache: optional `KVCache`. The new keys/values go to slots [end, end + T) (the caller keeps
+        end + T <= S; prompts are left-padded so all rows share one write index), the queries
+        attend causally to the valid slots < end + T, read blockwise so the cost follows end + T.
+
+    Returns:
+      hidden: [B, T, D] after the final norm (activation dtype), and the cache with end += T
+      (None without a cache). Without a cache, attention is causal over the T tokens and restricted
+      to valid keys.
+    """
+    cfg = self.cfg
+    check_rank("tokens", tokens, 2)
+    _check_int("tokens", tokens)
+    check_shape("positions", positions, tokens.shape, like="tokens")
+    _check_int("positions", positions)
+    b, t = tokens.shape
+    if valid is None:
+      valid = jnp.ones((b, t), bool)
+    check_shape("valid", valid, tokens.shape, like="tokens")
+    valid = valid.astype(bool)
+
+    layer_cache = None
+    if cache is not None:
+      want = (cfg.num_layers, b, cache.size, cfg.num_kv_heads, cfg.head_dim)
+      check_shape("cache.k", cache.k, want, like="(layers, batch, slots, kv heads, head dim)")
+      check_shape("cache.v", cache.v, want, like="cache.k")
+      check_shape("cache.valid", cache.valid, (b, cache.size), like="(batch, slots)")
+      if t > cache.size:
+        raise ValueError(f"{t} new tokens do not fit a cache of {cache.size} slots.")
+      end = _concrete_int(cache.end)
+      if end is not None and end + t > cache.size:
+        raise ValueError(f"cache.end={end} + {t} new tokens exceeds {cache.size} slots.")
+      slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.end))
+      layer_cache = (cache.k, cache.v, slot_valid, cache.end)
+
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+    for i, layer in enumerate(self.layers):
+      x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
+      if layer_cache is not None:
+        layer_cache = (k_cache, v_cache, *layer_cache[2:])
+    hidden = self.final_norm(x)
+    if cache is None:
+      return hidden, None
+    k_cache, v_cache, slot_valid, end = layer_cache
+    return hidden, KVCache(k=k_cache, v=v_cache, valid=slot_valid, end=end + t)
+
+  def output_embedding(self) -> jax.Array:
+    """The output projection [D, V]: the tied embedding transposed, or the LM head."""
+    if self.lm_head is None:
+      return self.embedding[...].T
+    return self.lm_head[...]
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """f32[..., V] = hidden @ output_embedding(), accumulated in float32."""
+    w = self.output_embedding().astype(hidden.dtype)
+    return jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)

@@ -1,0 +1,257 @@
+"""Decoder layers: RMSNorm, RoPE, grouped-query attention (full and blockwise-cached), SwiGLU.
+
+Dimension letters in einsum strings and variable suffixes: B batch, T query tokens, S key slots,
+D model width, N query heads, K key/value heads, G = N // K query heads per kv head, H head dim,
+F MLP width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from postrain.models._config import ModelConfig
+
+# Finite "minus infinity": a fully masked row stays finite (exp(NEG - NEG) = 1, masked out after).
+_NEG = -1e30
+# Key slots per step of the cached (decode) attention loop.
+DEFAULT_ATTENTION_BLOCK = 128
+
+
+# While set, modules create shape/dtype placeholders instead of initial values: weight import fills
+# them one tensor at a time (nnx.eval_shape gives the same result but traces ~10x slower).
+_ABSTRACT = contextvars.ContextVar("abstract_params", default=False)
+
+
+@contextlib.contextmanager
+def abstract_params():
+  token = _ABSTRACT.set(True)
+  try:
+    yield
+  finally:
+    _ABSTRACT.reset(token)
+
+
+def _init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype) -> nnx.Param:
+  if _ABSTRACT.get():
+    return nnx.Param(jax.ShapeDtypeStruct(shape, dtype))
+  # HF's initializer_range for Llama/Qwen3: N(0, 0.02).
+  return nnx.Param((0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype))
+
+
+def _ones(shape: tuple[int, ...], dtype: jnp.dtype) -> nnx.Param:
+  if _ABSTRACT.get():
+    return nnx.Param(jax.ShapeDtypeStruct(shape, dtype))
+  return nnx.Param(jnp.ones(shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+  """y = w * x / sqrt(mean(x^2) + eps), normalised in float32 (arXiv:1910.07467)."""
+
+  def __init__(self, dim: int, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype):
+    self.scale = _ones((dim,), param_dtype)
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    # Same rounding order as HF: normalise in f32, cast, then scale.
+    return x32.astype(self.dtype) * self.scale[...].astype(self.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse RoPE frequencies f64[H/2]: theta^(-2i/H), with Llama-3 scaling when configured."""
+  h = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
+  sc = cfg.rope_scaling
+  if sc is None:
+    return inv_freq
+  low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
+  high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / sc.factor, inv_freq)
+  smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
+    sc.high_freq_factor - sc.low_freq_factor
+  )
+  smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq) -> jax.Array:
+  """RoPE (arXiv:2104.09864) in HF's "rotate_half" layout (halves, not interleaved pairs).
+
+  With (x1, x2) the two halves of a head and a = position * inv_freq:
+  out = (x1 cos a - x2 sin a, x2 cos a + x1 sin a), computed in float32.
+  """
+  inv_freq_h = jnp.asarray(np.asarray(inv_freq), jnp.float32)
+  angles_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq_h
+  sin = jnp.sin(angles_BTh)[:, :, None, :]
+  cos = jnp.cos(angles_BTh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def full_attention(
+  q_BTKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, valid_BS: jax.Array
+) -> jax.Array:
+  """Causal softmax attention over the same T tokens (S == T), keys restricted to `valid`."""
+  t = q_BTKGH.shape[1]
+  scale = q_BTKGH.shape[-1] ** -0.5
+  s_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+  causal_TS = jnp.tril(jnp.ones((t, t), bool))
+  mask = causal_TS[None, None, None] & valid_BS[:, None, None, None, :]
+  s_BKGTS = jnp.where(mask, s_BKGTS * scale, _NEG)
+  p_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(v_BSKH.dtype)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", p_BKGTS, v_BSKH)
+
+
+def cached_attention(
+  q_BTKGH: jax.Array,
+  k_cache: jax.Array,
+  v_cache: jax.Array,
+  layer: int,
+  slot_valid_BS: jax.Array,
+  end: jax.Array,
+  *,
+  block: int = DEFAULT_ATTENTION_BLOCK,
+) -> jax.Array:
+  """Attention of T new queries (cache slots end..end+T-1) over the live cache slots.
+
+  k_cache, v_cache: [L, B, S, K, H] (the new tokens already written). The loop runs
+  ceil((end + T) / block) times (a traced trip count), each step reading one block of `layer`'s
+  slots with an online softmax (running max m, normaliser denom, accumulator acc;
+  arXiv:2205.14135),
+  so the cost follows the live length, not the cache size S.
+  """
+  b, t, k, g, h = q_BTKGH.shape
+  s = k_cache.shape[2]
+  block = min(block, s)
+  scale = h**-0.5
+  q_slots_T = end + jnp.arange(t)
+
+  def body(i, carry):
+    m, denom, acc = carry
+    # The last block may overrun S: read the final `block` slots and drop those already seen.
+    start = jnp.minimum(i * block, s - block)
+    kb = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, k, h))[0]
+    vb = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, k, h))[0]
+    valid_BS = jax.lax.dynamic_slice(slot_valid_BS, (0, start), (b, block))
+    slots_S = start + jnp.arange(block)
+    causal_TS = (slots_S[None, :] <= q_slots_T[:, None]) & (slots_S >= i * block)[None, :]
+    mask = causal_TS[None, None, None] & valid_BS[:, None, None, None, :]
+    sc = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, kb, preferred_element_type=jnp.float32)
+    sc = jnp.where(mask, sc * scale, _NEG)
+    m_new = jnp.maximum(m, sc.max(axis=-1))
+    p = jnp.exp(sc - m_new[..., None]) * mask
+    corr = jnp.exp(m - m_new)
+    denom = denom * corr + p.sum(axis=-1)
+    pv = jnp.einsum("BKGTS,BSKH->BKGTH", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
+    return m_new, denom, acc * corr[..., None] + pv
+
+  m0 = jnp.full((b, k, g, t), _NEG, jnp.float32)
+  l0 = jnp.zeros((b, k, g, t), jnp.float32)
+  acc0 = jnp.zeros((b, k, g, t, h), jnp.float32)
+  n_blocks = (end + t + block - 1) // block
+  _, denom, acc = jax.lax.fori_loop(0, n_blocks, body, (m0, l0, acc0))
+  # A query with no valid key (padding) gets 0, not NaN.
+  out = acc / jnp.maximum(denom, 1e-30)[..., None]
+  return jnp.transpose(out, (0, 3, 1, 2, 4)).astype(q_BTKGH.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention (arXiv:2305.13245) with RoPE, per-head q/k RMSNorm for Qwen3.
+
+  softmax(q k^T / sqrt(H)) v per head, with G = N / K query heads sharing each kv head; the
+  scores and the softmax are float32 whatever the activation dtype.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, kv, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pdt, self.dtype = cfg.jnp_param_dtype, cfg.jnp_dtype
+    self.q = _init(rngs, (d, n, h), pdt)
+    self.k = _init(rngs, (d, kv, h), pdt)
+    self.v = _init(rngs, (d, kv, h), pdt)
+    self.o = _init(rngs, (n, h, d), pdt)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, eps=cfg.norm_eps, dtype=self.dtype, param_dtype=pdt)
+      self.k_norm = RMSNorm(h, eps=cfg.norm_eps, dtype=self.dtype, param_dtype=pdt)
+    else:
+      self.q_norm = self.k_norm = None
+    # A tuple, not an array: static module attributes must be hashable.
+    self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))
+    self.num_kv_heads = kv
+    self.block = cfg.attention_block
+
+  def __call__(self, x_BTD, positions_BT, valid_BT, cache=None, layer: int = 0):
+    """Returns (out_BTD, k_cache, v_cache); the caches are None without a cache.
+
+    cache: (k_cache [L,B,S,K,H], v_cache, slot_valid [B,S] (already updated), end i32[]).
+    """
+    dt = self.dtype
+    q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q[...].astype(dt))
+    k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k[...].astype(dt))
+    v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v[...].astype(dt))
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = apply_rope(q, positions_BT, self.inv_freq)
+    k = apply_rope(k, positions_BT, self.inv_freq)
+    b, t, n, h = q.shape
+    # Query head n = kv_head * G + g (HF's repeat_kv order).
+    q_BTKGH = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
+    if cache is None:
+      out = full_attention(q_BTKGH, k, v, valid_BT)
+      k_cache = v_cache = None
+    else:
+      k_cache, v_cache, slot_valid, end = cache
+      idx = (layer, 0, end, 0, 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), idx)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), idx)
+      out = cached_attention(
+        q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
+      ).astype(dt)
+    out_BTD = jnp.einsum("BTNH,NHD->BTD", out.reshape(b, t, n, h), self.o[...].astype(dt))
+    return out_BTD, k_cache, v_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(x @ gate) * (x @ up)) (arXiv:2002.05202)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f, pdt = cfg.embed_dim, cfg.mlp_dim, cfg.jnp_param_dtype
+    self.gate = _init(rngs, (d, f), pdt)
+    self.up = _init(rngs, (d, f), pdt)
+    self.down = _init(rngs, (f, d), pdt)
+    self.dtype = cfg.jnp_dtype
+
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    dt = self.dtype
+    gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate[...].astype(dt))
+    up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up[...].astype(dt))
+    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    kw = dict(eps=cfg.norm_eps, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
+    self.attn_norm = RMSNorm(cfg.embed_dim, **kw)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.embed_dim, **kw)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_BTD, positions_BT, valid_BT, cache=None, layer: int = 0):
+    attn_BTD, k_cache, v_cache = self.attn(
+      self.attn_norm(x_BTD), positions_BT, valid_BT, cache, layer
+    )
+    h_BTD = x_BTD + attn_BTD
+    return h_BTD + self.mlp(self.mlp_norm(h_BTD)), k_cache, v_cache

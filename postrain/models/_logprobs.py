@@ -1,0 +1,118 @@
+"""Per-token log-probabilities (and entropies) of a token batch under a decoder."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from postrain._validation import check_choice, check_rank, check_shape
+from postrain.models._decoder import Decoder
+
+IMPLS = ("naive", "chunked", "pallas")
+
+
+def token_logprobs_from_hidden(
+  hidden: jax.Array,
+  weight: jax.Array,
+  targets: jax.Array,
+  *,
+  impl: str = "naive",
+  mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Log-probability of each target and the entropy of each predictive distribution.
+
+  z = hidden @ weight (float32 accumulation), logp[n] = z[n, targets[n]] - logsumexp(z[n]),
+  entropy[n] = logsumexp(z[n]) - sum_v softmax(z[n])_v z[n, v].
+
+  This naive version materialises the [N, V] logits; a fused vocabulary-chunked kernel
+  (`postrain.kernels`) computes the same two outputs without them.
+
+  Args:
+    hidden: [N, D] final hidden states (any float dtype).
+    weight: [D, V] output embedding.
+    targets: i32[N] token ids.
+    impl: "naive" (below), or "chunked" / "pallas": `postrain.kernels.fused_logprobs`, which never
+      holds the [N, V] logits (forward or backward).
+    mask: optional [N] tokens to score (the fused kernels skip the others, with zero gradient).
+
+  Returns:
+    (logp: f32[N], entropy: f32[N]).
+  """
+  if impl != "naive":
+    from postrain import kernels
+
+    logp, entropy = kernels.fused_logprobs(
+      hidden, weight.astype(hidden.dtype), targets, mask=mask, impl=impl
+    )[:2]
+    return logp, entropy
+  logits_NV = jnp.einsum(
+    "ND,DV->NV", hidden, weight.astype(hidden.dtype), preferred_element_type=jnp.float32
+  )
+  lse_N = jax.nn.logsumexp(logits_NV, axis=-1)
+  target_logit_N = jnp.take_along_axis(logits_NV, targets[:, None], axis=-1)[:, 0]
+  p_NV = jnp.exp(logits_NV - lse_N[:, None])
+  entropy_N = lse_N - jnp.sum(p_NV * logits_NV, axis=-1)
+  return target_logit_N - lse_N, entropy_N
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+  """RoPE positions i32[B, T] = max(cumsum(valid) - 1, 0): left padding does not shift them."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def logprobs(
+  model: Decoder,
+  tokens: jax.Array,
+  mask: jax.Array,
+  *,
+  valid: jax.Array | None = None,
+  return_entropy: bool = False,
+  impl: str = "naive",
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """Per-token log-probabilities log p(tokens[:, t] | tokens[:, :t]) under `model`.
+
+  One full (uncached, differentiable) forward pass with positions `max(cumsum(valid) - 1, 0)`,
+  then the hidden state at t - 1 scores token t.
+
+  Args:
+    model: a `Decoder`.
+    tokens: i32[B, T].
+    mask: [B, T] bool/float, the tokens to score (nonzero = scored).
+    valid: bool[B, T], attention validity (False = padding); default all True.
+    return_entropy: also return the entropy of each predictive distribution.
+    impl: "naive" (materialised [B*T, V] logits), "chunked" or "pallas" (the fused
+      vocabulary-chunked kernels of `postrain.kernels`; same values, no [B*T, V] tensor).
+
+  Returns:
+    logp: f32[B, T], 0 where mask is 0 and where the token has no context (column 0, and the
+    first token after left padding, whose predecessor is not valid); with `return_entropy` also
+    entropy: f32[B, T] (same alignment and zeros).
+  """
+  check_rank("tokens", tokens, 2)
+  if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+    raise TypeError(f"`tokens` must be an integer array, got dtype {jnp.result_type(tokens)}.")
+  check_shape("mask", mask, tokens.shape, like="tokens")
+  check_choice("impl", impl, IMPLS)
+  b, t = tokens.shape
+  valid = jnp.ones((b, t), bool) if valid is None else valid
+  check_shape("valid", valid, tokens.shape, like="tokens")
+  valid = valid.astype(bool)
+
+  hidden_BTD, _ = model(tokens, positions_from_valid(valid), valid=valid)
+  d = hidden_BTD.shape[-1]
+  # A token scores only with context: column 0 and the first token after left padding give 0.
+  has_context = jnp.concatenate([jnp.zeros((b, 1), bool), valid[:, :-1]], axis=1)
+  keep = mask.astype(bool) & has_context
+  logp, entropy = token_logprobs_from_hidden(
+    hidden_BTD[:, :-1].reshape(b * (t - 1), d),
+    model.output_embedding(),
+    tokens[:, 1:].reshape(b * (t - 1)),
+    impl=impl,
+    mask=keep[:, 1:].reshape(b * (t - 1)),
+  )
+  zeros = jnp.zeros((b, 1), jnp.float32)
+  logp = jnp.where(keep, jnp.concatenate([zeros, logp.reshape(b, t - 1)], axis=1), 0.0)
+  if not return_entropy:
+    return logp
+  entropy = jnp.where(keep, jnp.concatenate([zeros, entropy.reshape(b, t - 1)], axis=1), 0.0)
+  return logp, entropy
