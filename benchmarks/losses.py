@@ -5,8 +5,8 @@ Times `jax.value_and_grad` (w.r.t. logp) of `ppo_clip` at each level and of `con
 `logp * adv` (adv f32[B, T], so it reads three [B, T] arrays like ppo_clip reads logp, old_logp
 and mask) and its gradient. Each loss is timed twice: returning (loss, grad) only, so XLA drops
 the unused aux metrics (what a train step that does not log them pays), and "+aux", returning the
-aux dict too. All functions run interleaved in one process; each ratio is the median over rounds
-of (loss time / baseline time in the same round). Goal: every ratio <= 1.5.
+aux dict too. All functions run interleaved (shuffled order) in one process; each ratio is the
+median over rounds of (loss time / baseline time in the same round). Goal: every ratio <= 1.5.
 
   python benchmarks/losses.py [--repeats 200] [--batch 64] [--length 4096]
 """

@@ -56,8 +56,8 @@ def conspo(
   group's negatives are in the denominator and the margin is subtracted from the positive. The
   batch loss is the mean of L_q over groups with N⁺ ≥ 1 and N⁻ ≥ 1 (the paper drops groups
   without contrast; their batch aggregation is unstated, the note recommends this mean). Groups
-  without contrast contribute exactly zero, and a batch with no such group gives loss 0 and zero
-  gradients. Paper defaults: τ = 10, M = 0.01 (nats/token, reached through `margin_schedule`
+  without contrast contribute exactly zero, and a batch in which no group has contrast gives loss
+  0 and zero gradients. Masked positions may hold any finite value. Paper defaults: τ = 10, M = 0.01 (nats/token, reached through `margin_schedule`
   with α = 0.3).
 
   Readings chosen (parameters where uncertain): a rollout is positive when

@@ -4,6 +4,7 @@ the tokenizer, and the token batches for SFT, rollouts and evaluation."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -78,20 +79,35 @@ def load_task_data(
   if not train or not test:
     raise ValueError(f"config.task: task {cfg.name!r} produced no train or no test problems.")
   if tokenizer is None:
-    if config.tokenizer.kind != "sentencepiece":
-      raise ValueError(
-        "config.tokenizer.kind: only 'sentencepiece' is trained by the trainer; "
-        "pretrained models bring their own tokenizer."
-      )
-    path = config.tokenizer.path or tasks.train_tokenizer(
-      tasks.task_corpus(train),
-      os.path.join(workdir, "tokenizer"),
-      vocab_size=config.tokenizer.vocab_size,
+    tokenizer = _load_tokenizer(config, workdir, train)
+  if chat_template is None and cfg.prompt_format == "chat":
+    chat_template = functools.partial(
+      tokenizers_lib.apply_chat_template, template_name=config.tokenizer.chat_template
     )
-    tokenizer = tokenizers_lib.SentencePieceTokenizer(path)
+  instruction = None if cfg.instruction == "default" else cfg.instruction
   return TaskData(
-    task=task, train=train, test=test, tokenizer=tokenizer, chat_template=chat_template
+    task=task,
+    train=train,
+    test=test,
+    tokenizer=tokenizer,
+    chat_template=chat_template,
+    instruction=instruction,
   )
+
+
+def _load_tokenizer(config: mlc.ConfigDict, workdir: str, train: list[tasks.Problem]) -> Any:
+  """The run's tokenizer: the pretrained model's own, or one trained on the task corpus."""
+  tok = config.tokenizer
+  if tok.kind == "gguf":  # the vocabulary and merges stored in the GGUF file
+    return tokenizers_lib.from_gguf(tok.path or config.model.path)
+  if tok.kind == "hf":
+    return tokenizers_lib.load_tokenizer(
+      tok.path or os.path.join(config.model.path, "tokenizer.json")
+    )
+  path = tok.path or tasks.train_tokenizer(
+    tasks.task_corpus(train), os.path.join(workdir, "tokenizer"), vocab_size=tok.vocab_size
+  )
+  return tokenizers_lib.SentencePieceTokenizer(path)
 
 
 def sft_batch(

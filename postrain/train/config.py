@@ -32,16 +32,17 @@ def base_config() -> mlc.ConfigDict:
   c.task.num_train = 2000
   c.task.num_eval = 200
   c.task.prompt_format = "plain"  # "plain" or "chat"
-  c.task.instruction = (
-    "default"  # the instruction before the question: "default" or the text itself
-  )
+  # The instruction before the question: "default" (the task's) or the text itself ("" for none).
+  c.task.instruction = "default"
   c.task.jsonl_path = ""
   c.task.verifier_timeout_s = 2.0
 
   c.tokenizer = mlc.ConfigDict()
   c.tokenizer.kind = "sentencepiece"  # trained on the task corpus, cached in the workdir
   c.tokenizer.vocab_size = 512
-  c.tokenizer.path = ""
+  c.tokenizer.path = ""  # sentencepiece .model or tokenizer.json; "" for the default of `kind`
+  # The chat template for task.prompt_format="chat": "chatml", "smollm2" or "qwen3".
+  c.tokenizer.chat_template = "chatml"
 
   c.model = mlc.ConfigDict()
   c.model.source = "scratch"  # "scratch", "hf" (checkpoint dir) or "gguf" (file)
