@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from postrain import tasks
 from postrain.models import tokenizers as tokenizers_lib
+
+_JSONL_OPTIONS = {"name", "heldout_fraction"}
 
 
 @dataclasses.dataclass
@@ -59,7 +62,13 @@ def load_task_data(
   if cfg.name == "jsonl":
     if not os.path.exists(cfg.jsonl_path):
       raise FileNotFoundError(f"config.task.jsonl_path: no such file {cfg.jsonl_path!r}")
-    task = tasks.get_task("jsonl", train=cfg.jsonl_path, **kwargs)
+    # Generator knobs of a reasoning-gym default (e.g. max_digits) do not apply to a file.
+    ignored = sorted(set(kwargs) - _JSONL_OPTIONS)
+    if ignored:
+      logging.getLogger(__name__).warning("task.kwargs %s do not apply to a JSONL file", ignored)
+    task = tasks.get_task(
+      "jsonl", train=cfg.jsonl_path, **{k: v for k, v in kwargs.items() if k in _JSONL_OPTIONS}
+    )
     train = task.generate("train", cfg.num_train, seed=config.seed)
     test = task.generate("test", cfg.num_eval, seed=config.seed)
   else:

@@ -7,7 +7,9 @@ import pytest
 
 from postrain.train import config as config_lib
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "smollm2_arithmetic_gspo.py")
+CONFIG = os.path.join(
+  os.path.dirname(__file__), "..", "..", "configs", "smollm2_arithmetic_gspo.py"
+)
 
 
 @pytest.mark.slow

@@ -104,3 +104,45 @@ def test_missing_jsonl_file_is_a_clear_error(tmp_path):
   cfg.task.jsonl_path = str(tmp_path / "nope.jsonl")
   with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
     train.Trainer(cfg, str(tmp_path / "w"))
+
+
+def _write_gsm8k(path, n, with_answers=True):
+  import json as _json
+
+  with open(path, "w") as f:
+    for i in range(n):
+      a, b = i % 9 + 1, (3 * i) % 7 + 2
+      answer = (
+        f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}" if with_answers else "no idea"
+      )
+      f.write(
+        _json.dumps(
+          {"question": f"Tom has {a} apples and buys {b}. How many now?", "answer": answer}
+        )
+        + "\n"
+      )
+
+
+def test_trains_on_a_user_gsm8k_jsonl_file(tmp_path):
+  from postrain import train
+
+  data = tmp_path / "gsm8k.jsonl"
+  _write_gsm8k(data, 60)
+  cfg = load_config()
+  cfg.task.name, cfg.task.jsonl_path = "jsonl", str(data)
+  cfg.task.num_train, cfg.task.num_eval = 40, 8
+  cfg.rl.steps = 2
+  report = train.train(cfg, str(tmp_path / "w"))
+  assert report["final"]["step"] == cfg.sft.steps + 2
+
+
+def test_jsonl_without_verifiable_answers_is_a_clear_error(tmp_path):
+  from postrain import train
+
+  data = tmp_path / "bad.jsonl"
+  _write_gsm8k(data, 10, with_answers=False)
+  cfg = load_config()
+  cfg.task.name, cfg.task.jsonl_path = "jsonl", str(data)
+  with pytest.raises(ValueError, match=r"bad\.jsonl"):
+    train.Trainer(cfg, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
