@@ -19,6 +19,7 @@ _SUBPACKAGES = (
   "models",
   "sampling",
   "selection",
+  "sharding",
   "tasks",
   "train",
   "kernels",

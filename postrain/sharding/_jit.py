@@ -1,0 +1,152 @@
+"""The train step and the log-prob function jitted with explicit shardings; activation constraints."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from postrain.sharding._mesh import replicated
+from postrain.sharding._rules import LogicalRule, _logical_table, _mesh_axes
+
+
+def _put(tree: Any, shardings: Any) -> Any:
+  """Moves committed jax.Arrays whose sharding differs (jit refuses them); host arrays pass."""
+
+  def put(s, sub):
+    def one(x):
+      if isinstance(x, jax.Array) and not x.sharding.is_equivalent_to(s, x.ndim):
+        return jax.device_put(x, s)
+      return x
+
+    return jax.tree.map(one, sub)
+
+  return jax.tree.map(put, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+
+
+def check_batch(batch: Any, sharding: NamedSharding, name: str = "batch") -> None:
+  """ValueError naming the array whose leading dimension the batch mesh axes do not divide."""
+  spec = sharding.spec
+  ways = math.prod(sharding.mesh.shape[a] for a in _mesh_axes(spec[0] if spec else None))
+  for keys, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    rows = np.shape(x)[0] if np.ndim(x) else None
+    if rows is None or rows % ways:
+      raise ValueError(
+        f"`{name}{jax.tree_util.keystr(keys)}` (shape {np.shape(x)}): the batch dimension must be "
+        f"divisible by the batch mesh axes {spec[0] if spec else ()} (size {ways})."
+      )
+
+
+def shard_update(
+  update_fn: Callable[..., Any],
+  param_shardings_: Any,
+  opt_shardings: Any,
+  batch_sharding_: NamedSharding,
+  *,
+  donate: bool = True,
+  logical_rules: Sequence[LogicalRule] | None = None,
+) -> Callable[..., Any]:
+  """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`_steps.make_update`)
+  jitted with explicit shardings: params / optimiser state keep theirs, every batch array is split
+  on dimension 0, the extras (scalars such as the ConSPO margin) and the aux metrics are
+  replicated. With `donate`, the old params and optimiser state buffers are reused for the new.
+  `logical_rules` are those `constrain` uses while the step is traced.
+  """
+  rep = replicated(batch_sharding_.mesh)
+  jits: dict[int, Any] = {}
+
+  def jitted(n_extra: int):
+    if n_extra not in jits:
+      jits[n_extra] = jax.jit(
+        update_fn,
+        in_shardings=(param_shardings_, opt_shardings, batch_sharding_) + (rep,) * n_extra,
+        out_shardings=(param_shardings_, opt_shardings, rep),
+        donate_argnums=(0, 1) if donate else (),
+      )
+    return jits[n_extra]
+
+  def call(params, opt_state, batch, *extra):
+    check_batch(batch, batch_sharding_)
+    params, opt_state = _put(params, param_shardings_), _put(opt_state, opt_shardings)
+    batch, extra = _put(batch, batch_sharding_), _put(extra, (rep,) * len(extra))
+    with activation_sharding(batch_sharding_.mesh, logical_rules):
+      return jitted(len(extra))(params, opt_state, batch, *extra)
+
+  def lower(params, opt_state, batch, *extra):
+    """The lowered computation for (abstract) arguments: `.compile().memory_analysis()`."""
+    check_batch(batch, batch_sharding_)
+    with activation_sharding(batch_sharding_.mesh, logical_rules):
+      return jitted(len(extra)).lower(params, opt_state, batch, *extra)
+
+  call.lower = lower
+  return call
+
+
+def shard_logprob_fn(
+  fn: Callable[..., Any],
+  param_shardings_: Any,
+  batch_sharding_: NamedSharding,
+  *,
+  logical_rules: Sequence[LogicalRule] | None = None,
+) -> Callable[..., Any]:
+  """`fn(params, tokens, mask, valid) -> logp` (`_steps.make_logprob_fn`) with the batch split on
+  dimension 0 in and out."""
+  b = batch_sharding_
+  jitted = jax.jit(fn, in_shardings=(param_shardings_, b, b, b), out_shardings=b)
+
+  def call(params, tokens, mask, valid):
+    check_batch({"tokens": tokens, "mask": mask, "valid": valid}, b, name="")
+    params, (tokens, mask, valid) = (
+      _put(params, param_shardings_),
+      _put((tokens, mask, valid), (b, b, b)),
+    )
+    with activation_sharding(b.mesh, logical_rules):
+      return jitted(params, tokens, mask, valid)
+
+  return call
+
+
+# -- activation constraints -------------------------------------------------------------------------
+
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, dict[str, tuple[str, ...]]] | None] = (
+  contextvars.ContextVar("activation_sharding", default=None)
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, logical_rules: Sequence[LogicalRule] | None = None):
+  """While tracing inside this context, `constrain` pins activations to their logical axes."""
+  token = _ACTIVATIONS.set((mesh, _logical_table(logical_rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """`with_sharding_constraint(x, logical axes)` inside `activation_sharding`, else the identity.
+
+  The model hook: e.g. `x_BTD = constrain(x_BTD, ("batch", "length", "embed_act"))`. A dimension
+  whose size the mesh axes do not divide, or an unknown logical name, is left unconstrained.
+  """
+  ctx = _ACTIVATIONS.get()
+  if ctx is None:
+    return x
+  mesh, table = ctx
+  spec, used = [], set()
+  for axis, size in zip(logical, x.shape):
+    axes = tuple(a for a in table.get(axis, ()) if a not in used) if axis else ()
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if not axes or size % ways:
+      spec.append(None)
+      continue
+    used |= set(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
