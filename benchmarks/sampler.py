@@ -111,6 +111,56 @@ class PostrainRun:
     return t1 - t0, t2 - t1
 
 
+class BareModelLoop:
+  """The model alone: the same while_loop of cached steps + `model.logits`, no sampling.
+
+  The next token is a cheap function of all logits (so none is skipped); this bounds what any
+  sampler on this model can reach, and the gap to the T=1 row is the sampler's own cost.
+  """
+
+  def __init__(self, model, prompts, *, cache_size):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from postrain import models
+
+    self.jax = jax
+    graphdef, self.state = nnx.split(model)
+    cfg = model.cfg
+    tokens = jnp.asarray(prompts, jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(PROMPT), tokens.shape)
+
+    def prefill(state):
+      m = nnx.merge(graphdef, state)
+      cache = models.init_cache(cfg, batch_size=BATCH, cache_size=cache_size)
+      hidden, cache = m(tokens, positions, cache=cache)
+      return m.logits(hidden[:, -1]), cache
+
+    def decode(state, logits, cache):
+      m = nnx.merge(graphdef, state)
+
+      def body(carry):
+        step, logits, cache = carry
+        last = (jnp.max(logits, axis=-1) > 0).astype(jnp.int32)[:, None]
+        hidden, cache = m(last, jnp.full((BATCH, 1), PROMPT - 1, jnp.int32) + step, cache=cache)
+        return step + 1, m.logits(hidden[:, 0]), cache
+
+      return jax.lax.while_loop(lambda c: c[0] < MAX_NEW, body, (jnp.int32(1), logits, cache))
+
+    self.prefill = jax.jit(prefill)
+    self.decode = jax.jit(decode, donate_argnums=(2,))
+    self.run()
+
+  def run(self) -> tuple[float, float]:
+    jax = self.jax
+    t0 = time.perf_counter()
+    logits, cache = jax.block_until_ready(self.prefill(self.state))
+    t1 = time.perf_counter()
+    jax.block_until_ready(self.decode(self.state, logits, cache))
+    return t1 - t0, time.perf_counter() - t1
+
+
 def decode_bytes(cfg, tp, *, kv_bytes=4) -> float:
   """Bytes a decode loop must read: all parameters + the live k/v slots, summed over its steps."""
   import jax
@@ -142,6 +192,7 @@ def run_postrain(repeats: int) -> dict:
     "greedy, cache 256": PostrainRun(model, prompts, cache_size=256, temperature=0.0),
     "top_p=0.95, cache 256": PostrainRun(model, prompts, cache_size=256, top_p=0.95),
     "top_k=50, cache 256": PostrainRun(model, prompts, cache_size=256, top_k=50),
+    "model only, cache 256": BareModelLoop(model, prompts, cache_size=256),
   }
   times = {k: [] for k in runs}
   copies = []
@@ -169,6 +220,10 @@ def run_postrain(repeats: int) -> dict:
     np.asarray(times["T=1, cache 1024"])[:, 1] / np.asarray(times["T=1, cache 256"])[:, 1]
   )
   print(f"decode time cache 1024 / cache 256 (median of per-repeat ratios): {ratio:.2f}x")
+  over = np.median(
+    np.asarray(times["T=1, cache 256"])[:, 1] / np.asarray(times["model only, cache 256"])[:, 1]
+  )
+  print(f"decode time T=1 sampler / model-only loop (median of per-repeat ratios): {over:.2f}x")
   return result
 
 

@@ -1,4 +1,4 @@
-"""Host-side prompt checks and left padding into a bucketed width."""
+"""Host-side input checks (before anything is traced) and left padding into a bucketed width."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -132,3 +133,30 @@ def prepare_prompts(
     distinct_valid=valid,
     distinct_positions=positions,
   )
+
+
+def stop_array(stop_tokens: Sequence[int]) -> np.ndarray:
+  """The stop set as i32[S], padded with -1 (matches no token) to a power of two >= 8, so stop
+  sets of similar size share one compilation."""
+  stop = sorted({int(s) for s in stop_tokens})
+  size = max(8, 1 << max(len(stop) - 1, 0).bit_length())
+  return np.array(stop + [-1] * (size - len(stop)), np.int32)
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be a Python int, got {type(value).__name__}.")
+  if (low is not None and value < low) or (high is not None and value > high):
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    raise ValueError(f"`{name}` must be {bounds}, got {value}.")
+
+
+def check_key(key: Any) -> None:
+  """A typed key (`jax.random.key`) or a raw uint32[2] key (`jax.random.PRNGKey`)."""
+  if not isinstance(key, (jax.Array, np.ndarray)):
+    raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}.")
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"`key` must be a single key (shape ()), got shape {key.shape}.")
+  elif key.dtype != jnp.uint32 or key.shape != (2,):
+    raise TypeError(f"`key` must be a PRNG key, got dtype {key.dtype} and shape {key.shape}.")

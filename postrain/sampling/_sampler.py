@@ -9,10 +9,13 @@ width `Tp` (all rows then share the cache write index), the response occupies co
                 <- Tp - l_b ->  <- l_b ->  <- lengths[b] (incl. stop) ->
 
 Two jitted functions over `(graphdef, state)` (`nnx.split`, flax `examples/gemma` style), cached
-per model structure, prompt bucket and sampling mode:
-  prefill: runs the P distinct prompts once, copies their cache n times, draws the first token;
-  decode:  the remaining steps in one `lax.while_loop` over a donated cache, each row stopping at
-           its first stop token, the loop exiting as soon as every row has stopped.
+per model structure and shapes (prefill) and sampling mode (decode):
+  prefill: runs the P distinct prompts once, copies their cache and last logits n times;
+  decode:  draws the first token from those logits, then the remaining steps in one
+           `lax.while_loop` over the donated cache, each row stopping at its first stop token,
+           the loop exiting as soon as every row has stopped.
+Token choice (`_select.py`) needs one uniform number per row and step, drawn with
+`jax.random.fold_in(key, step)`: the same key gives the same output.
 """
 
 from __future__ import annotations
@@ -28,7 +31,13 @@ import numpy as np
 from flax import nnx
 
 from postrain import models
-from postrain.sampling._prompts import PreparedPrompts, prepare_prompts
+from postrain.sampling._prompts import (
+  PreparedPrompts,
+  check_int,
+  check_key,
+  prepare_prompts,
+  stop_array,
+)
 from postrain.sampling._select import select_tokens
 
 
@@ -304,7 +313,7 @@ class Sampler:
       key = jax.random.wrap_key_data(key)  # raw uint32[2] -> typed: one compilation for both
     temp = jnp.float32(temperature)
     tp = jnp.float32(1.0 if top_p is None else top_p)
-    stop = _stop_array(stop_tokens)
+    stop = stop_array(stop_tokens)
     return _decode(
       self.graphdef, self.state, cache, logits, p.lengths, stop, key, temp, tp, mode=mode
     )
@@ -325,16 +334,16 @@ class Sampler:
   ) -> tuple[PreparedPrompts, _Mode]:
     """Validates everything on the host (before any compilation) and pads the prompts."""
     vocab = self.cfg.vocab_size
-    _check_key(key)
-    _check_int("max_new_tokens", max_new_tokens, low=1)
-    _check_int("n", n, low=1)
-    _check_int("pad_id", pad_id, low=0, high=vocab - 1)
+    check_key(key)
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    check_int("n", n, low=1)
+    check_int("pad_id", pad_id, low=0, high=vocab - 1)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
       raise TypeError(f"`temperature` must be a Python float, got {type(temperature).__name__}.")
     if not np.isfinite(temperature) or temperature < 0:
       raise ValueError(f"`temperature` must be a finite number >= 0, got {temperature}.")
     if top_k is not None:
-      _check_int("top_k", top_k, low=1)
+      check_int("top_k", top_k, low=1)
     if top_p is not None:
       if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating)):
         raise TypeError(f"`top_p` must be None or a Python float, got {type(top_p).__name__}.")
@@ -371,33 +380,6 @@ class Sampler:
       cache_dtype=self.cache_dtype,
     )
     return prepared, mode
-
-
-def _stop_array(stop_tokens: Sequence[int]) -> np.ndarray:
-  """The stop set as i32[S], padded with -1 (matches no token) to a power of two >= 8, so stop
-  sets of similar size share one compilation."""
-  stop = sorted({int(s) for s in stop_tokens})
-  size = max(8, 1 << max(len(stop) - 1, 0).bit_length())
-  return np.array(stop + [-1] * (size - len(stop)), np.int32)
-
-
-def _check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be a Python int, got {type(value).__name__}.")
-  if (low is not None and value < low) or (high is not None and value > high):
-    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-    raise ValueError(f"`{name}` must be {bounds}, got {value}.")
-
-
-def _check_key(key: Any) -> None:
-  """A typed key (`jax.random.key`) or a raw uint32[2] key (`jax.random.PRNGKey`)."""
-  if not isinstance(key, (jax.Array, np.ndarray)):
-    raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}.")
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape != ():
-      raise ValueError(f"`key` must be a single key (shape ()), got shape {key.shape}.")
-  elif key.dtype != jnp.uint32 or key.shape != (2,):
-    raise TypeError(f"`key` must be a PRNG key, got dtype {key.dtype} and shape {key.shape}.")
 
 
 def sample(

@@ -16,9 +16,6 @@ PROMPTS = [[5, 17, 300, 2], [9], [100, 101, 102, 103, 104, 105, 106], [42, 7]]
 N = 2
 MAX_NEW = 10
 TP = 16  # the "pow2" bucket of the longest prompt (7 tokens)
-# Tokens that the samples of key 0 produce mid-response: 4 rows stop early, 4 run to MAX_NEW
-# (test_stop_tokens_end_rows checks that both kinds occur).
-STOP = (9, 105, 212, 282)
 PAD = 0
 
 
@@ -61,10 +58,33 @@ def response_cols(out, b):
 
 
 @pytest.fixture(scope="module")
-def sampled(model):
-  """Temperature-1 samples with stop tokens (one compilation, shared by several tests)."""
+def unstopped(model):
+  """Temperature-1 samples without stop tokens."""
   return sampling.sample(
-    model, PROMPTS, key=jax.random.key(0), max_new_tokens=MAX_NEW, n=N, stop_tokens=STOP, pad_id=PAD
+    model, PROMPTS, key=jax.random.key(0), max_new_tokens=MAX_NEW, n=N, pad_id=PAD
+  )
+
+
+@pytest.fixture(scope="module")
+def stop_tokens(unstopped):
+  """Tokens that even rows of `unstopped` produce mid-response and odd rows never produce."""
+  resp = np.asarray(unstopped.tokens[:, TP:])
+  stop = set(resp[0::2, 3].tolist()) - set(resp[1::2].ravel().tolist())
+  assert stop
+  return tuple(sorted(stop))
+
+
+@pytest.fixture(scope="module")
+def sampled(model, stop_tokens):
+  """The same draws with stop tokens (stop sets of <= 8 tokens share one compilation)."""
+  return sampling.sample(
+    model,
+    PROMPTS,
+    key=jax.random.key(0),
+    max_new_tokens=MAX_NEW,
+    n=N,
+    stop_tokens=stop_tokens,
+    pad_id=PAD,
   )
 
 
@@ -109,43 +129,33 @@ def test_model_logp_equals_rescoring_with_a_full_forward(model, sampled):
   assert np.all(np.asarray(out.model_logp)[np.asarray(out.response_mask) == 1] < 0)
 
 
-def test_stop_tokens_end_rows(sampled):
+def test_stop_tokens_end_rows(sampled, unstopped, stop_tokens):
   out = sampled
   tokens, mask = np.asarray(out.tokens), np.asarray(out.response_mask)
   lengths = np.asarray(out.lengths)
   for b in range(tokens.shape[0]):
-    resp = tokens[b, TP:]
-    is_stop = np.isin(resp, STOP)
+    free = np.asarray(unstopped.tokens[b, TP:])
+    is_stop = np.isin(free, stop_tokens)
     expected = int(np.argmax(is_stop)) + 1 if is_stop.any() else MAX_NEW
     assert lengths[b] == expected
+    # Stopping changes nothing before the stop token (same key, same draws), pads after it.
+    np.testing.assert_array_equal(tokens[b, TP : TP + expected], free[:expected])
+    np.testing.assert_array_equal(tokens[b, TP + expected :], PAD)
     np.testing.assert_array_equal(mask[b, TP:], np.arange(MAX_NEW) < expected)
-    np.testing.assert_array_equal(resp[expected:], PAD)
     for name in ("sample_logp", "model_logp"):
       np.testing.assert_array_equal(np.asarray(getattr(out, name))[b, TP + expected :], 0.0)
-  # The seed gives both kinds of rows, so the test checks both.
-  assert (lengths < MAX_NEW).any() and (lengths == MAX_NEW).any(), lengths
+  # Even rows stop at step 3 at the latest, odd rows run to MAX_NEW.
+  assert np.all(lengths[0::2] <= 4) and np.all(lengths[1::2] == MAX_NEW), lengths
 
 
-def test_same_key_same_output_different_key_different_output(model, sampled):
-  again = sampling.sample(
-    model, PROMPTS, key=jax.random.key(0), max_new_tokens=MAX_NEW, n=N, stop_tokens=STOP, pad_id=PAD
-  )
-  chex.assert_trees_all_equal(again, sampled)
-  other = sampling.sample(
-    model, PROMPTS, key=jax.random.key(1), max_new_tokens=MAX_NEW, n=N, stop_tokens=STOP, pad_id=PAD
-  )
+def test_same_key_same_output_different_key_different_output(model, sampled, stop_tokens):
+  kw = dict(max_new_tokens=MAX_NEW, n=N, stop_tokens=stop_tokens, pad_id=PAD)
+  chex.assert_trees_all_equal(sampling.sample(model, PROMPTS, key=jax.random.key(0), **kw), sampled)
+  other = sampling.sample(model, PROMPTS, key=jax.random.key(1), **kw)
   assert not np.array_equal(other.tokens, sampled.tokens)
-  # A raw uint32[2] key works too.
-  raw = sampling.sample(
-    model,
-    PROMPTS,
-    key=jax.random.PRNGKey(0),
-    max_new_tokens=MAX_NEW,
-    n=N,
-    stop_tokens=STOP,
-    pad_id=PAD,
-  )
-  assert raw.tokens.shape == sampled.tokens.shape
+  # A raw uint32[2] key is the same key as the typed one with the same data.
+  raw = sampling.sample(model, PROMPTS, key=jax.random.PRNGKey(0), **kw)
+  chex.assert_trees_all_equal(raw, sampled)
 
 
 def test_greedy_is_argmax_of_the_full_forward_at_every_step(model, greedy):
