@@ -34,6 +34,7 @@ EXTRAS = {
     "pytest>=9.0",
     "pytest-xdist>=3.8",
     "hypothesis>=6.155",
+    "scipy>=1.17.1",  # chi-square test of the sampler
     "ruff>=0.17",
     "nbclient>=0.11",
     "nbformat>=5.11",

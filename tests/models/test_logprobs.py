@@ -114,7 +114,7 @@ def test_logprobs_argument_errors(tiny_llama):
   with pytest.raises(ValueError, match="`valid` must have shape"):
     models.logprobs(model, tok, jnp.ones((2, 4)), valid=jnp.ones((2, 5), bool))
   with pytest.raises(ValueError, match="`impl` must be one of"):
-    models.logprobs(model, tok, jnp.ones((2, 4)), impl="pallas")
+    models.logprobs(model, tok, jnp.ones((2, 4)), impl="fused")
 
 
 @pytest.mark.parametrize("impl", ["chunked", "pallas"])

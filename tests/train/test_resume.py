@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 from trainutil import run_cli
 
@@ -60,7 +61,14 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   )
   resumed = run_cli(killed)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert _final(killed) == _final(reference)
+  final, last_train = _final(killed)
+  ref_final, ref_last_train = _final(reference)
+  assert final == ref_final  # held-out accuracies after the same updates: exactly equal
+  assert last_train.keys() == ref_last_train.keys()
+  for key, value in ref_last_train.items():
+    # Train metrics may differ in the last float bits (approx_kl ~1e-13 seen): XLA:CPU reductions
+    # of a freshly compiled and a cache-loaded executable need not sum in the same order.
+    np.testing.assert_allclose(last_train[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
 
 
 @pytest.mark.slow
