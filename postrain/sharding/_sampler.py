@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from postrain.sampling._prompts import stop_array
 from postrain.sharding._jit import _put, activation_sharding
 from postrain.sharding._mesh import replicated
 from postrain.sharding._rules import (
@@ -131,5 +132,5 @@ class ShardedSampler:
       key = jax.random.wrap_key_data(key)
     s = self._sampler
     temp, tp = jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p)
-    stop = self._mod._stop_array(stop_tokens)
+    stop = stop_array(stop_tokens)
     return self._jits[jit_key](s.graphdef, s.state, cache, logits, p.lengths, stop, key, temp, tp)

@@ -50,7 +50,7 @@ def base_config() -> mlc.ConfigDict:
   c.model.overrides = mlc.ConfigDict()  # ModelConfig fields replacing the named config's (scratch)
   c.model.path = ""
   c.model.dtype = "float32"
-  c.model.logprob_impl = "naive"  # "naive", "chunked" or "pallas" (fused kernels)
+  c.model.logprob_impl = "chunked"  # "naive", "chunked" or "pallas" (postrain.kernels)
 
   c.optimizer = mlc.ConfigDict()
   c.optimizer.lr = 1e-3

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import left_padded_batch, make_model, params_np
+from model_testutil import left_padded_batch, make_model, params_np
 
 from postrain import models
 from postrain.models import _gguf, _gguf_file, _hf, _safetensors

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import left_padded_batch, make_model, params_np, reference_logits
 from flax import nnx
+from model_testutil import left_padded_batch, make_model, params_np, reference_logits
 
 from postrain import models
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import left_padded_batch
 from flax import nnx
+from model_testutil import left_padded_batch
 
 from postrain import models
 

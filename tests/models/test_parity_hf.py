@@ -5,7 +5,7 @@ torch and transformers are imported inside the tests, so `-m "not parity"` runs 
 
 import numpy as np
 import pytest
-from conftest import left_padded_batch
+from model_testutil import left_padded_batch
 
 from postrain import models
 from postrain.models._greedy import greedy_generate
