@@ -47,8 +47,10 @@ def test_first_code_cell_installs_only_in_colab(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes_top_to_bottom(name, monkeypatch):
-  # The kernel inherits the environment: share the test suite's persistent compilation cache.
+def test_notebook_executes_top_to_bottom(name, monkeypatch, tmp_path):
+  # The kernel inherits the environment: its workdirs (tempfile.mkdtemp) go under pytest's
+  # tmp_path, and it shares the test suite's persistent compilation cache.
+  monkeypatch.setenv("TMPDIR", os.fspath(tmp_path))
   cache = NOTEBOOK_DIR.parent / "tests" / ".jax_cache"
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.fspath(cache))
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

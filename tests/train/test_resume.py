@@ -68,7 +68,10 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   for key, value in ref_last_train.items():
     # Train metrics may differ in the last float bits (approx_kl ~1e-13 seen): XLA:CPU reductions
     # of a freshly compiled and a cache-loaded executable need not sum in the same order.
-    np.testing.assert_allclose(last_train[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+    if isinstance(value, float):
+      np.testing.assert_allclose(last_train[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+    else:
+      assert last_train[key] == value, key
 
 
 @pytest.mark.slow
