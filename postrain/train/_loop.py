@@ -320,8 +320,9 @@ class Trainer:
   def _eval_and_log(
     self, writer: _metrics.MetricsWriter, report: dict[str, Any]
   ) -> dict[str, float]:
-    result = dict(self.evaluate(), step=self.step)
-    writer.write(self.step, result, kind="eval")
+    metrics = self.evaluate()
+    writer.write(self.step, metrics, kind="eval")
+    result = dict(metrics, step=self.step)
     report.setdefault("evals", [])
     report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
     self._write_report(report)

@@ -60,15 +60,14 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
 def plot_curves(jsonl_path: str, png_path: str, *, title: str = "") -> None:
   """Plots training reward and held-out accuracy over steps into `png_path`."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A bare Figure renders with Agg without touching pyplot's global backend (notebooks keep theirs).
+  from matplotlib.figure import Figure
 
   records = read_jsonl(jsonl_path)
   train = [r for r in records if r["kind"] == "train" and r.get("reward_mean") is not None]
   evals = [r for r in records if r["kind"] == "eval"]
-  fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+  fig = Figure(figsize=(7, 4), dpi=110)
+  ax = fig.subplots()
   if train:
     ax.plot(
       [r["step"] for r in train],
@@ -90,4 +89,3 @@ def plot_curves(jsonl_path: str, png_path: str, *, title: str = "") -> None:
     ax.set_title(title)
   fig.tight_layout()
   fig.savefig(png_path)
-  plt.close(fig)
