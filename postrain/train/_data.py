@@ -35,8 +35,12 @@ class TaskData:
     )
 
   def encode_prompts(self, problems: list[tasks.Problem]) -> list[list[int]]:
+    return [self.encode_prompt(self.prompt(p)) for p in problems]
+
+  def encode_prompt(self, text: str) -> list[int]:
+    """Token ids of a prompt, after the BOS token when the tokenizer has one."""
     bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id >= 0 else []
-    return [bos + self.tokenizer.encode(self.prompt(p)) for p in problems]
+    return bos + self.tokenizer.encode(text)
 
   def decode_responses(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
     """Texts of the masked response tokens of each row, without the stop token."""
@@ -140,7 +144,6 @@ def sft_batch(
   tokens = np.full((n, max_len), max(tok.pad_id, 0), np.int32)
   valid = np.zeros((n, max_len), bool)
   loss_mask = np.zeros((n, max_len), np.float32)
-  bos = [tok.bos_id] if tok.bos_id >= 0 else []
   num_curriculum = round(curriculum_frac * n)
   for i, problem in enumerate(problems):
     chain = (
@@ -162,7 +165,7 @@ def sft_batch(
         f"problem {problem.id} of task {problem.task!r} has no reference solution for SFT"
       )
     prompt, target = example
-    p_ids = bos + tok.encode(prompt)
+    p_ids = data.encode_prompt(prompt)
     t_ids = [*tok.encode(target), tok.eos_id]
     ids = (p_ids + t_ids)[:max_len]
     tokens[i, : len(ids)] = ids

@@ -36,11 +36,10 @@ def curriculum_prompt(data: TaskData, chain: tasks.ScrlChain) -> str:
 def interleaved_prompts(data: TaskData, problems, chains) -> list[list[int]]:
   """Token ids [curriculum_0, original_0, curriculum_1, ...]: sampled with n = G/2 this gives the
   mixed-group row layout."""
-  bos = [data.tokenizer.bos_id] if data.tokenizer.bos_id >= 0 else []
   out = []
   for problem, chain in zip(problems, chains):
-    out.append(bos + data.tokenizer.encode(curriculum_prompt(data, chain)))
-    out.append(bos + data.tokenizer.encode(data.prompt(problem)))
+    out.append(data.encode_prompt(curriculum_prompt(data, chain)))
+    out.append(data.encode_prompt(data.prompt(problem)))
   return out
 
 
