@@ -5,14 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from postrain.kernels._chunked import chunked_logprobs
-from postrain.kernels._pallas import pallas_logprobs
-from postrain.kernels._reference import naive_logprobs
 
 from postrain import _validation as v
+from postrain.kernels._chunked import chunked_logprobs
+from postrain.kernels._pallas import TARGETS, pallas_logprobs
+from postrain.kernels._reference import naive_logprobs
 
 IMPLS = ("chunked", "naive", "pallas")
-DEFAULT_CHUNK_SIZE = {"chunked": 8192, "pallas": 1024}
+DEFAULT_CHUNK_SIZE = {"chunked": 8192}  # "pallas": per-target default (TPU 1024, GPU 128)
 
 
 def _static_int(name: str, value, *, allow_zero: bool = False) -> int:
@@ -30,9 +30,10 @@ def fused_logprobs(
   mask: jax.Array | None = None,
   impl: str = "chunked",
   chunk_size: int | None = None,
-  block_n: int = 256,
+  block_n: int | None = None,
   top_k: int = 0,
   temperature: float = 1.0,
+  target: str | None = None,
   interpret: bool | None = None,
 ):
   """Log-prob of `targets`, entropy and optional top-k under `softmax(hidden @ weight / T)`.
@@ -45,9 +46,9 @@ def fused_logprobs(
 
   `impl="chunked"` (default) and `impl="pallas"` never materialise the `[N, V]` logits: they walk
   the vocabulary in chunks with an online logsumexp, and their custom VJPs recompute each chunk's
-  logits in the backward pass (online softmax normaliser, arXiv:1805.02867). `impl="pallas"` is
-  for TPU (on CPU it runs in the Pallas interpreter; on GPU it raises). `impl="naive"` is the
-  plain-jnp reference. Softmax math is float32
+  logits in the backward pass (online softmax normaliser, arXiv:1805.02867). `impl="pallas"`
+  lowers to Mosaic on TPU and to Triton on GPU (two formulations, chosen by the backend; on CPU it
+  runs in the Pallas interpreter). `impl="naive"` is the plain-jnp reference. Softmax math is float32
   (or wider) for every input dtype; the matmuls take the inputs' dtype with float32 accumulation.
 
   Masking: a token is masked when `mask` is False/0 there, or its target is outside `[0, V)`
@@ -61,11 +62,13 @@ def fused_logprobs(
     targets: int[...] token ids to score (the leading shape of `hidden`).
     mask: optional bool/float[...] (same shape as `targets`); 0 masks a token.
     impl: "chunked", "naive" or "pallas".
-    chunk_size: vocabulary columns per chunk (static). Default 8192 for "chunked", 1024 for
-      "pallas" (its vocabulary block); ignored by "naive".
-    block_n: rows per block for "pallas".
+    chunk_size: vocabulary columns per chunk (static). Default 8192 for "chunked"; for "pallas"
+      its vocabulary block, default 1024 on TPU and 128 on GPU; ignored by "naive".
+    block_n: rows per block for "pallas" (default 256 on TPU, 64 on GPU).
     top_k: if > 0, also return the top-k log-probs and ids.
     temperature: logits are divided by it (> 0).
+    target: "pallas" only: "tpu" (Mosaic formulation) or "gpu" (Triton formulation); None = by
+      the default backend ("gpu" on CUDA/ROCm, else "tpu").
     interpret: "pallas" only: run in the Pallas interpreter; None = only on the CPU backend.
 
   Returns:
@@ -94,14 +97,16 @@ def fused_logprobs(
   top_k = _static_int("top_k", top_k, allow_zero=True)
   if top_k > vocab:
     raise ValueError(f"`top_k`={top_k} exceeds the vocabulary size {vocab}.")
-  chunk_size = DEFAULT_CHUNK_SIZE.get(impl, 1) if chunk_size is None else chunk_size
-  chunk_size = _static_int("chunk_size", chunk_size)
-  block_n = _static_int("block_n", block_n)
+  chunk_size = DEFAULT_CHUNK_SIZE.get(impl) if chunk_size is None else chunk_size
+  chunk_size = None if chunk_size is None else _static_int("chunk_size", chunk_size)
+  block_n = None if block_n is None else _static_int("block_n", block_n)
   if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
     raise TypeError(
       f"`temperature` must be a static Python float, got {type(temperature).__name__}."
     )
   v.check_positive("temperature", temperature)
+  if target is not None:
+    v.check_choice("target", target, TARGETS)
 
   dtype = jnp.result_type(hidden, weight)
   h = jnp.reshape(hidden, (-1, d)).astype(dtype)
@@ -115,7 +120,9 @@ def fused_logprobs(
   elif impl == "chunked":
     out = chunked_logprobs(h, w, t, chunk_size=chunk_size, **kw)
   else:
-    out = pallas_logprobs(h, w, t, block_n=block_n, block_v=chunk_size, interpret=interpret, **kw)
+    out = pallas_logprobs(
+      h, w, t, block_n=block_n, block_v=chunk_size, target=target, interpret=interpret, **kw
+    )
   logp, entropy = (x.reshape(lead) for x in out[:2])
   if not top_k:
     return logp, entropy

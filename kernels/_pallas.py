@@ -13,22 +13,26 @@ Each kernel reduces over its last grid axis into an output block that stays resi
 masked by row/column index, so N and V need not be multiples of the block sizes. The top-k merge
 inside the kernel is a K-step max selection (no sort), using only reductions, iota and selects.
 
-On CPU the kernels run with `interpret=True` (chosen automatically). Checked: interpret mode
-against the reference (tests), and lowering to Mosaic TPU through `jax.export(platforms=["tpu"])`.
-Not checked: Mosaic's own compilation and execution on a TPU (VMEM use grows with
-`block_n * D + D * block_v`; tune the blocks for large D). GPU: Triton runs grid programs in
-parallel, so the accumulate-over-the-last-grid-axis pattern used here is a TPU pattern; a GPU
-version needs the reduction as an in-kernel loop (not written).
+This module holds the TPU formulation (`target="tpu"`) and the public `pallas_logprobs`, which
+also dispatches to the GPU formulation in `_pallas_gpu.py` (`target="gpu"`, Triton: reductions as
+loops inside the kernel, since Triton runs grid programs in parallel and the pattern above would
+race). On CPU either runs with `interpret=True` (chosen automatically). Checked: interpret mode
+against the reference (tests), and lowering through `jax.export(platforms=["tpu"])` (Mosaic) and
+`platforms=["cuda"]` (Triton). Not checked: Mosaic's / Triton's own compilation and execution on
+the hardware (TPU VMEM use grows with `block_n * D + D * block_v`; tune the blocks for large D).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+
+from postrain.kernels import _pallas_gpu
 from postrain.kernels._reference import target_valid
 
 _F32 = jnp.float32
@@ -145,10 +149,9 @@ def _dw_kernel(h_ref, w_ref, t_ref, row_ref, *refs, n, vocab, temperature):
   dw_ref[...] += _dot(h, dz, ((0,), (0,)))
 
 
-def _compiler_params():
-  # TPU: rows parallel (megacore), the reduction axis sequential. Other lowerings reject TPU
-  # params, so they get none; the interpreter ignores them.
-  if jax.default_backend() in ("gpu", "cuda", "rocm"):
+def _compiler_params(interpret):
+  # TPU: rows parallel (megacore), the reduction axis sequential. The interpreter needs none.
+  if interpret:
     return None
   from jax.experimental.pallas import tpu as pltpu
 
@@ -160,8 +163,14 @@ def _blocks(n, vocab, block_n, block_v):
   return bn, bv, pl.cdiv(n, bn), pl.cdiv(vocab, bv)
 
 
-def _forward(h, w, targets, cfg):
-  top_k, block_n, block_v, temperature, interpret = cfg
+def _forward_tpu(h, w, targets, cfg):
+  top_k, block_n, block_v, temperature, interpret = (
+    cfg.top_k,
+    cfg.block_n,
+    cfg.block_v,
+    cfg.temperature,
+    cfg.interpret,
+  )
   (n, d), vocab = h.shape, w.shape[1]
   bn, bv, gn, gv = _blocks(n, vocab, block_n, block_v)
   row = pl.BlockSpec((bn, 1), lambda i, j: (i, 0))
@@ -184,7 +193,7 @@ def _forward(h, w, targets, cfg):
     ],
     out_specs=out_specs,
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=_compiler_params(interpret),
     name="fused_logprobs_fwd",
   )(h, w, targets[:, None])
   m, s, s1, zt = (o[:, 0] for o in outs[:4])
@@ -201,13 +210,18 @@ def _forward(h, w, targets, cfg):
   return (logp, entropy, top_logp, top_i), (m, log_s, ezr, top_i)
 
 
-def _backward(h, w, targets, res, cts, cfg):
-  top_k, block_n, block_v, temperature, interpret = cfg
+def _backward_tpu(h, w, targets, res, cts, cfg):
+  top_k, block_n, block_v, temperature, interpret = (
+    cfg.top_k,
+    cfg.block_n,
+    cfg.block_v,
+    cfg.temperature,
+    cfg.interpret,
+  )
   (n, d), vocab = h.shape, w.shape[1]
   bn, bv, gn, gv = _blocks(n, vocab, block_n, block_v)
   m, log_s, ezr, top_i = res
-  valid = target_valid(targets, vocab)
-  g_logp, g_ent, g_top = (jnp.where(valid.reshape((n,) + (1,) * (g.ndim - 1)), g, 0.0) for g in cts)
+  g_logp, g_ent, g_top = cts
   rowf = jnp.stack([m, log_s, ezr, g_logp, g_ent], axis=1).astype(_F32)
   args = [h, w, targets[:, None], rowf]
   if top_k:
@@ -229,7 +243,7 @@ def _backward(h, w, targets, res, cts, cfg):
     in_specs=specs(lambda i, j: i, lambda i, j: j),
     out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=_compiler_params(interpret),
     name="fused_logprobs_dh",
   )(*args)
   dw = pl.pallas_call(
@@ -239,10 +253,34 @@ def _backward(h, w, targets, res, cts, cfg):
     in_specs=specs(lambda j, i: i, lambda j, i: j),
     out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=_compiler_params(interpret),
     name="fused_logprobs_dw",
   )(*args)
   return dh.astype(h.dtype), dw.astype(w.dtype)
+
+
+class _Config(NamedTuple):
+  """Static configuration (hashable: the custom_vjp's non-differentiable argument)."""
+
+  target: str
+  top_k: int
+  block_n: int
+  block_v: int
+  block_d: int
+  temperature: float
+  interpret: bool
+  num_warps: int | None
+  num_stages: int | None
+
+  def gpu(self):
+    return (self.top_k, self.block_n, self.block_v, self.block_d, self.temperature,
+            self.interpret, self.num_warps, self.num_stages)  # fmt: skip
+
+
+def _forward(h, w, targets, cfg: _Config):
+  if cfg.target == "gpu":
+    return _pallas_gpu.forward(h, w, targets, cfg.gpu())
+  return _forward_tpu(h, w, targets, cfg)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -257,12 +295,29 @@ def _fused_fwd(h, w, targets, cfg):
 
 def _fused_bwd(cfg, saved, cts):
   h, w, targets, res = saved
-  g_logp, g_ent, g_top, _ = cts
-  dh, dw = _backward(h, w, targets, res, (g_logp, g_ent, g_top), cfg)
+  g_logp, g_ent, g_top, _ = cts  # the top-k ids are integers: no cotangent
+  n = h.shape[0]
+  valid = target_valid(targets, w.shape[1])
+  cts = tuple(
+    jnp.where(valid.reshape((n,) + (1,) * (g.ndim - 1)), g, 0.0) for g in (g_logp, g_ent, g_top)
+  )
+  if cfg.target == "gpu":
+    dh, dw = _pallas_gpu.backward(h, w, targets, res, cts, cfg.gpu())
+  else:
+    dh, dw = _backward_tpu(h, w, targets, res, cts, cfg)
   return dh, dw, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
+
+TARGETS = ("tpu", "gpu")
+# (block_n, block_v): TPU blocks live in VMEM; GPU tiles in registers (Triton), so smaller.
+DEFAULT_BLOCKS = {"tpu": (256, 1024), "gpu": (64, 128)}
+
+
+def default_target() -> str:
+  """The kernel formulation for the default backend: "gpu" on CUDA/ROCm, else "tpu"."""
+  return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else "tpu"
 
 
 def pallas_logprobs(
@@ -272,11 +327,20 @@ def pallas_logprobs(
   *,
   top_k: int = 0,
   temperature: float = 1.0,
-  block_n: int = 256,
-  block_v: int = 1024,
+  block_n: int | None = None,
+  block_v: int | None = None,
+  target: str | None = None,
+  block_d: int = 64,
+  num_warps: int | None = None,
+  num_stages: int | None = None,
   interpret: bool | None = None,
 ):
   """Same contract as `naive_logprobs`, computed by Pallas kernels.
+
+  Two formulations of the same maths (both have a forward and a two-kernel backward):
+  `target="tpu"` (Mosaic; reductions along a sequential grid axis, this module) and
+  `target="gpu"` (Triton; reductions as loops inside the kernel, every output block owned by one
+  program: `_pallas_gpu.py`). Both also run in the Pallas interpreter.
 
   Args:
     hidden: [N, D] final hidden states (float32 or bfloat16; the kernels accumulate in f32).
@@ -284,25 +348,38 @@ def pallas_logprobs(
     targets: i32[N]; ids outside `[0, V)` mark masked rows (outputs 0, no gradient).
     top_k: if > 0, also return the top-k log-probs (differentiable) and ids.
     temperature: logits are divided by it.
-    block_n: rows per block.
-    block_v: vocabulary columns per block.
+    block_n: rows per block (default 256 for "tpu", 64 for "gpu"; "gpu" rounds up to a power
+      of two).
+    block_v: vocabulary columns per block (default 1024 for "tpu", 128 for "gpu").
+    target: "tpu" or "gpu": which formulation to lower; None = "gpu" on a CUDA/ROCm backend,
+      else "tpu". Pick it explicitly to export for another platform or test in interpret mode.
+    block_d: "gpu" only: hidden-dimension chunk of the in-kernel matmuls (a power of two;
+      the largest power of two <= block_d dividing D is used, D is zero-padded if that is < 16).
+    num_warps: "gpu" only: Triton warps per program (None = Triton's default).
+    num_stages: "gpu" only: Triton software-pipelining stages (None = default).
     interpret: run the kernels in the Pallas interpreter; None = only when the backend is CPU.
-      Compiled kernels are TPU-only: on a GPU backend without `interpret` this raises
-      NotImplementedError.
 
   Returns:
     `(logp f32[N], entropy f32[N])`, plus `(topk_logp f32[N, K], topk_ids i32[N, K])` when
     `top_k > 0`.
   """
-  backend = jax.default_backend()
+  target = default_target() if target is None else target
+  if target not in TARGETS:
+    raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
   if interpret is None:
-    interpret = backend == "cpu"
-  if not interpret and backend in ("gpu", "cuda", "rocm"):
-    # The grid-axis accumulation assumes sequential grid execution (TPU); Triton would race.
-    raise NotImplementedError(
-      "impl='pallas' targets TPU (Mosaic); on GPU use impl='chunked' or interpret=True."
-    )
-  cfg = (int(top_k), int(block_n), int(block_v), float(temperature), bool(interpret))
+    interpret = jax.default_backend() == "cpu"
+  dn, dv = DEFAULT_BLOCKS[target]
+  cfg = _Config(
+    target=target,
+    top_k=int(top_k),
+    block_n=int(block_n or dn),
+    block_v=int(block_v or dv),
+    block_d=int(block_d),
+    temperature=float(temperature),
+    interpret=bool(interpret),
+    num_warps=num_warps,
+    num_stages=num_stages,
+  )
   logp, entropy, top_logp, top_i = _fused(hidden, weight, targets.astype(jnp.int32), cfg)
   if not top_k:
     return logp, entropy
