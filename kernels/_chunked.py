@@ -31,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+
 from postrain.kernels._reference import acc_dtype, target_valid
 
 
