@@ -15,7 +15,7 @@ For value-and-grad (w.r.t. hidden and weight) of `sum(a * logp + b * entropy)`:
 
   python benchmarks/logprob.py                      # 1 and 2, defaults below
   python benchmarks/logprob.py --time-n 512 --repeats 5 --chunks 4096,8192
-  python benchmarks/logprob.py --device-check --dtypes bfloat16,float32 --gpu-blocks 64x128,128x128
+  python benchmarks/logprob.py --device-check --dtypes bfloat16,float32 --gpu-blocks 64x128,64x128x8,128x128
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from postrain.kernels import fused_logprobs
+from postrain.kernels import fused_logprobs, pallas_logprobs
 
 
 def value_and_grad_fn(impl: str, chunk_size: int | None, **kw):
   def loss(h, w, t, a, b):
-    logp, entropy = fused_logprobs(h, w, t, impl=impl, chunk_size=chunk_size, **kw)
+    if impl == "pallas":  # direct, for the kernel-only options (num_warps, ...)
+      logp, entropy = pallas_logprobs(h, w, t, block_v=chunk_size, **kw)
+    else:
+      logp, entropy = fused_logprobs(h, w, t, impl=impl, chunk_size=chunk_size, **kw)
     return jnp.sum(a * logp + b * entropy)
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -148,11 +151,14 @@ def device_check(n, d, v, dtypes, gpu_blocks, chunk, repeats):
       "naive": value_and_grad_fn("naive", None),
       f"chunked/{chunk}": value_and_grad_fn("chunked", chunk),
     }
-    for bn, bv in gpu_blocks:
-      fns[f"pallas/gpu {bn}x{bv}"] = value_and_grad_fn("pallas", bv, block_n=bn, target="gpu")
-    # Agreement with naive (max abs difference, relative to the naive values' scale).
-    (ref_l, (ref_dh, ref_dw)) = fns["naive"](*args)
-    print(f"### {name}, N={n} D={d} V={v}: agreement with naive (max |diff| / max |naive|)")
+    for bn, bv, warps in gpu_blocks:
+      fns[f"pallas/gpu {bn}x{bv}x{warps or '-'}"] = value_and_grad_fn(
+        "pallas", bv, block_n=bn, target="gpu", num_warps=warps
+      )
+    # Agreement with naive run at HIGHEST precision (XLA's default f32 dot on GPU is TF32).
+    with jax.default_matmul_precision("highest"):
+      ref_l, (ref_dh, ref_dw) = value_and_grad_fn("naive", None)(*args)
+    print(f"### {name}, N={n} D={d} V={v}: agreement with naive/highest (max |diff| / max |ref|)")
     print("| impl | loss | d hidden | d weight |")
     print("|---|---|---|---|")
     for k, f in fns.items():
@@ -172,7 +178,7 @@ def device_check(n, d, v, dtypes, gpu_blocks, chunk, repeats):
       naive_temp = naive_temp or temp
       analytic = "-"
       if k.startswith("pallas"):
-        bn, bv = (int(x) for x in k.split()[-1].split("x"))
+        bn, bv = (int(x) for x in k.split()[-1].split("x")[:2])
         analytic = f"{pallas_hbm_bytes(n, d, v, dtype, 'gpu', bn, bv) / 1e6:.1f}"
       print(f"| {k} | {temp / 1e6:.1f} | {temp / naive_temp:.3f} | {analytic} |", flush=True)
     med = _interleaved(fns, args, repeats)
@@ -197,12 +203,15 @@ def main():
   p.add_argument("--skip-memory", action="store_true")
   p.add_argument("--skip-time", action="store_true")
   p.add_argument("--device-check", action="store_true", help="GPU host: Triton kernels vs naive")
-  p.add_argument("--gpu-blocks", default="64x128", help="block_n x block_v, comma separated")
+  p.add_argument(
+    "--gpu-blocks", default="64x128", help="block_n x block_v [x num_warps], comma separated"
+  )
   args = p.parse_args()
   chunks = [int(c) for c in args.chunks.split(",")]
   dtypes = [jnp.dtype(x) for x in args.dtypes.split(",")]
   if args.device_check:
-    blocks = [tuple(int(x) for x in b.split("x")) for b in args.gpu_blocks.split(",")]
+    blocks = [[int(x) for x in b.split("x")] for b in args.gpu_blocks.split(",")]
+    blocks = [(b[0], b[1], b[2] if len(b) > 2 else None) for b in blocks]
     device_check(args.n, args.d, args.v, dtypes, blocks, 8192, args.repeats)
     return
   if not args.skip_memory:

@@ -38,8 +38,9 @@ from postrain.kernels._reference import target_valid
 _F32 = jnp.float32
 
 
-def _dot(a, b, contract):
-  return lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=_F32)
+def _dot(a, b, contract, precision=None):
+  dims = (contract, ((), ()))
+  return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=_F32)
 
 
 def _cols(j, bn, bv, vocab):
@@ -69,12 +70,12 @@ def _merge_topk(run_v, run_i, z, col, top_k):
   return out_v, out_i
 
 
-def _fwd_kernel(h_ref, w_ref, t_ref, *outs, vocab, top_k, temperature):
+def _fwd_kernel(h_ref, w_ref, t_ref, *outs, vocab, top_k, temperature, precision):
   m_ref, s_ref, s1_ref, zt_ref = outs[:4]
   j = pl.program_id(1)
   bn, bv = h_ref.shape[0], w_ref.shape[1]
   col, col_ok = _cols(j, bn, bv, vocab)
-  z = _dot(h_ref[...], w_ref[...], ((1,), (0,))) / temperature
+  z = _dot(h_ref[...], w_ref[...], ((1,), (0,)), precision) / temperature
   z = jnp.where(col_ok, z, -jnp.inf)  # padded columns (garbage weights) drop out
 
   @pl.when(j == 0)
@@ -101,11 +102,11 @@ def _fwd_kernel(h_ref, w_ref, t_ref, *outs, vocab, top_k, temperature):
     outs[4][...], outs[5][...] = _merge_topk(outs[4][...], outs[5][...], z, col, top_k)
 
 
-def _block_dz(h, w, col, col_ok, t_ref, row_ref, top_refs, temperature):
+def _block_dz(h, w, col, col_ok, t_ref, row_ref, top_refs, temperature, precision):
   """dL/dz for one (row block, vocabulary block) tile, zero on padded columns."""
   rows = row_ref[...]
   m, log_s, ezr, g_logp, g_ent = (rows[:, c : c + 1] for c in range(5))
-  zr = _dot(h, w, ((1,), (0,))) / temperature - m
+  zr = _dot(h, w, ((1,), (0,)), precision) / temperature - m
   p = jnp.exp(zr - log_s)
   g_p = g_logp
   onehot = jnp.where(col == t_ref[...], g_logp, 0.0)
@@ -118,35 +119,37 @@ def _block_dz(h, w, col, col_ok, t_ref, row_ref, top_refs, temperature):
   return jnp.where(col_ok, dz, 0.0).astype(h.dtype)
 
 
-def _dh_kernel(h_ref, w_ref, t_ref, row_ref, *refs, vocab, temperature):
+def _dh_kernel(h_ref, w_ref, t_ref, row_ref, *refs, vocab, temperature, precision):
   top_refs, dh_ref = refs[:-1], refs[-1]
   j = pl.program_id(1)
   bn, bv = h_ref.shape[0], w_ref.shape[1]
   col, col_ok = _cols(j, bn, bv, vocab)
   w = jnp.where(col_ok[:1], w_ref[...], 0)  # padded columns may hold NaN
-  dz = _block_dz(h_ref[...], w, col, col_ok, t_ref, row_ref, top_refs, temperature)
+  dz = _block_dz(h_ref[...], w, col, col_ok, t_ref, row_ref, top_refs, temperature, precision)
 
   @pl.when(j == 0)
   def _init():
     dh_ref[...] = jnp.zeros(dh_ref.shape, _F32)
 
-  dh_ref[...] += _dot(dz, w, ((1,), (1,)))
+  dh_ref[...] += _dot(dz, w, ((1,), (1,)), precision)
 
 
-def _dw_kernel(h_ref, w_ref, t_ref, row_ref, *refs, n, vocab, temperature):
+def _dw_kernel(h_ref, w_ref, t_ref, row_ref, *refs, n, vocab, temperature, precision):
   top_refs, dw_ref = refs[:-1], refs[-1]
   j, i = pl.program_id(0), pl.program_id(1)
   bn, bv = h_ref.shape[0], w_ref.shape[1]
   col, col_ok = _cols(j, bn, bv, vocab)
   row_ok = i * bn + lax.broadcasted_iota(jnp.int32, (bn, 1), 0) < n
   h = jnp.where(row_ok, h_ref[...], 0)  # padded rows may hold NaN
-  dz = _block_dz(h, w_ref[...], col, col_ok & row_ok, t_ref, row_ref, top_refs, temperature)
+  dz = _block_dz(
+    h, w_ref[...], col, col_ok & row_ok, t_ref, row_ref, top_refs, temperature, precision
+  )
 
   @pl.when(i == 0)
   def _init():
     dw_ref[...] = jnp.zeros(dw_ref.shape, _F32)
 
-  dw_ref[...] += _dot(h, dz, ((0,), (0,)))
+  dw_ref[...] += _dot(h, dz, ((0,), (0,)), precision)
 
 
 def _compiler_params(interpret):
@@ -183,7 +186,9 @@ def _forward_tpu(h, w, targets, cfg):
     ]
     out_specs += [pl.BlockSpec((bn, top_k), lambda i, j: (i, 0))] * 2
   outs = pl.pallas_call(
-    functools.partial(_fwd_kernel, vocab=vocab, top_k=top_k, temperature=temperature),
+    functools.partial(
+      _fwd_kernel, vocab=vocab, top_k=top_k, temperature=temperature, precision=cfg.precision
+    ),
     out_shape=out_shape,
     grid=(gn, gv),
     in_specs=[
@@ -237,7 +242,7 @@ def _backward_tpu(h, w, targets, res, cts, cfg):
     return out + [pl.BlockSpec((bn, top_k), lambda *g: (rows(*g), 0))] * (2 if top_k else 0)
 
   dh = pl.pallas_call(
-    functools.partial(_dh_kernel, vocab=vocab, temperature=temperature),
+    functools.partial(_dh_kernel, vocab=vocab, temperature=temperature, precision=cfg.precision),
     out_shape=jax.ShapeDtypeStruct((n, d), _F32),
     grid=(gn, gv),
     in_specs=specs(lambda i, j: i, lambda i, j: j),
@@ -247,7 +252,9 @@ def _backward_tpu(h, w, targets, res, cts, cfg):
     name="fused_logprobs_dh",
   )(*args)
   dw = pl.pallas_call(
-    functools.partial(_dw_kernel, n=n, vocab=vocab, temperature=temperature),
+    functools.partial(
+      _dw_kernel, n=n, vocab=vocab, temperature=temperature, precision=cfg.precision
+    ),
     out_shape=jax.ShapeDtypeStruct((d, vocab), _F32),
     grid=(gv, gn),
     in_specs=specs(lambda j, i: i, lambda j, i: j),
@@ -271,10 +278,11 @@ class _Config(NamedTuple):
   interpret: bool
   num_warps: int | None
   num_stages: int | None
+  precision: lax.Precision | None
 
   def gpu(self):
     return (self.top_k, self.block_n, self.block_v, self.block_d, self.temperature,
-            self.interpret, self.num_warps, self.num_stages)  # fmt: skip
+            self.interpret, self.num_warps, self.num_stages, self.precision)  # fmt: skip
 
 
 def _forward(h, w, targets, cfg: _Config):
@@ -320,6 +328,15 @@ def default_target() -> str:
   return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else "tpu"
 
 
+def _precision(name: str | None) -> lax.Precision | None:
+  if name is None:
+    return None
+  names = ("default", "high", "highest")
+  if not isinstance(name, str) or name.lower() not in names:
+    raise ValueError(f"`precision` must be None or one of {names}, got {name!r}.")
+  return lax.Precision[name.upper()]
+
+
 def pallas_logprobs(
   hidden: jax.Array,
   weight: jax.Array,
@@ -333,6 +350,7 @@ def pallas_logprobs(
   block_d: int = 64,
   num_warps: int | None = None,
   num_stages: int | None = None,
+  precision: str | None = "highest",
   interpret: bool | None = None,
 ):
   """Same contract as `naive_logprobs`, computed by Pallas kernels.
@@ -357,6 +375,10 @@ def pallas_logprobs(
       the largest power of two <= block_d dividing D is used, D is zero-padded if that is < 16).
     num_warps: "gpu" only: Triton warps per program (None = Triton's default).
     num_stages: "gpu" only: Triton software-pipelining stages (None = default).
+    precision: precision of the in-kernel matmuls, a `lax.Precision` name. "highest" (default)
+      keeps float32 inputs float32 (IEEE on GPU, like the reference at 1e-5); None / "default"
+      lets the compiler pick (TF32 on a GPU for float32 inputs: faster, ~1e-3 relative). bf16
+      inputs are multiplied as bf16 either way, with float32 accumulation.
     interpret: run the kernels in the Pallas interpreter; None = only when the backend is CPU.
 
   Returns:
@@ -379,6 +401,7 @@ def pallas_logprobs(
     interpret=bool(interpret),
     num_warps=num_warps,
     num_stages=num_stages,
+    precision=_precision(precision),
   )
   logp, entropy, top_logp, top_i = _fused(hidden, weight, targets.astype(jnp.int32), cfg)
   if not top_k:

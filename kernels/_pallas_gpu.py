@@ -78,13 +78,14 @@ def _params(num_warps, num_stages):
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
-def _logits(h_ref, w_ref, rows, cols, lay, temperature):
+def _logits(h_ref, w_ref, rows, cols, lay, temperature, precision):
   """z: f32[bn, bv] = h[rows] @ W[:, cols] / T, accumulated over D in chunks of bd."""
   nk = lay.dp // lay.bd
 
   def body(k, acc):
     ks = pl.ds(pl.multiple_of(k * lay.bd, lay.bd), lay.bd)
-    return acc + jnp.dot(h_ref[rows, ks], w_ref[ks, cols], preferred_element_type=_F32)
+    hk, wk = h_ref[rows, ks], w_ref[ks, cols]
+    return acc + jnp.dot(hk, wk, precision=precision, preferred_element_type=_F32)
 
   z = lax.fori_loop(0, nk, body, jnp.zeros((lay.bn, lay.bv), _F32))
   return z if temperature == 1.0 else z / temperature
@@ -120,7 +121,7 @@ def _merge_topk(run_v, run_i, z, col, kp):
   return out_v, out_i
 
 
-def _fwd_kernel(h_ref, w_ref, t_ref, *outs, lay, temperature):
+def _fwd_kernel(h_ref, w_ref, t_ref, *outs, lay, temperature, precision):
   m_ref, s_ref, s1_ref, zt_ref = outs[:4]
   rows = pl.ds(0, lay.bn)
   tgt = t_ref[...][:, None]
@@ -129,7 +130,7 @@ def _fwd_kernel(h_ref, w_ref, t_ref, *outs, lay, temperature):
     m_old, s_old, s1_old, zt, top_v, top_i = carry
     col, col_ok = _colids(j, lay)
     cols = pl.ds(pl.multiple_of(j * lay.bv, lay.bv), lay.bv)
-    z = jnp.where(col_ok, _logits(h_ref, w_ref, rows, cols, lay, temperature), -jnp.inf)
+    z = jnp.where(col_ok, _logits(h_ref, w_ref, rows, cols, lay, temperature, precision), -jnp.inf)
     m_new = jnp.maximum(m_old, jnp.max(z, axis=1))
     alpha = jnp.exp(m_old - m_new)  # 0 on the first block (m_old = -inf)
     shift = jnp.where(s_old > 0, m_old - m_new, 0.0)  # avoids -inf * 0 on the first block
@@ -182,7 +183,7 @@ def _load_rows(t_ref, stat_refs, tid_ref, gtop_ref, rows, kp):
   return tgt, stats, top
 
 
-def _dh_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature):
+def _dh_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature, precision):
   stat_refs, (tid_ref, gtop_ref), dh_ref = refs[:5], refs[5:7], refs[7]
   rows, nk = pl.ds(0, lay.bn), lay.dp // lay.bd
   tgt, stats, top = _load_rows(t_ref, stat_refs, tid_ref, gtop_ref, rows, lay.kp)
@@ -192,13 +193,17 @@ def _dh_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature):
   def vocab_block(j, _):
     col, col_ok = _colids(j, lay)
     cols = pl.ds(pl.multiple_of(j * lay.bv, lay.bv), lay.bv)
-    z = _logits(h_ref, w_ref, rows, cols, lay, temperature)
+    z = _logits(h_ref, w_ref, rows, cols, lay, temperature, precision)
     dz = _dz(z, col, col_ok, tgt, stats, top, temperature, w_ref.dtype)
 
     def d_chunk(k, _):
       ks = pl.ds(pl.multiple_of(k * lay.bd, lay.bd), lay.bd)
       upd = lax.dot_general(
-        dz, w_ref[ks, cols], (((1,), (1,)), ((), ())), preferred_element_type=_F32
+        dz,
+        w_ref[ks, cols],
+        (((1,), (1,)), ((), ())),
+        precision=precision,
+        preferred_element_type=_F32,
       )
       dh_ref[:, ks] += upd
       return 0
@@ -208,7 +213,7 @@ def _dh_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature):
   lax.fori_loop(0, lay.vp // lay.bv, vocab_block, 0)
 
 
-def _dw_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature):
+def _dw_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature, precision):
   stat_refs, (tid_ref, gtop_ref), dw_ref = refs[:5], refs[5:7], refs[7]
   j, nk = pl.program_id(0), lay.dp // lay.bd
   cols = pl.ds(0, lay.bv)
@@ -219,13 +224,17 @@ def _dw_kernel(h_ref, w_ref, t_ref, *refs, lay, temperature):
   def row_block(i, _):
     rows = pl.ds(pl.multiple_of(i * lay.bn, lay.bn), lay.bn)
     tgt, stats, top = _load_rows(t_ref, stat_refs, tid_ref, gtop_ref, rows, lay.kp)
-    z = _logits(h_ref, w_ref, rows, cols, lay, temperature)
+    z = _logits(h_ref, w_ref, rows, cols, lay, temperature, precision)
     dz = _dz(z, col, col_ok, tgt, stats, top, temperature, h_ref.dtype)
 
     def d_chunk(k, _):
       ks = pl.ds(pl.multiple_of(k * lay.bd, lay.bd), lay.bd)
       upd = lax.dot_general(
-        h_ref[rows, ks], dz, (((0,), (0,)), ((), ())), preferred_element_type=_F32
+        h_ref[rows, ks],
+        dz,
+        (((0,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=_F32,
       )
       dw_ref[ks, :] += upd
       return 0
@@ -243,7 +252,7 @@ def _padded_inputs(h, w, targets, lay):
 
 def forward(h, w, targets, cfg):
   """Forward kernel; returns the outputs and the residuals of `_pallas._forward`."""
-  top_k, block_n, block_v, block_d, temperature, interpret, num_warps, num_stages = cfg
+  top_k, block_n, block_v, block_d, temperature, interpret, num_warps, num_stages, precision = cfg
   (n, d), vocab = h.shape, w.shape[1]
   lay = _Layout(n, d, vocab, top_k, block_n, block_v, block_d)
   hp, wp, tp = _padded_inputs(h, w, targets, lay)
@@ -257,7 +266,7 @@ def forward(h, w, targets, cfg):
     ]
     out_specs += [pl.BlockSpec((lay.bn, lay.kp), lambda i: (i, 0))] * 2
   outs = pl.pallas_call(
-    functools.partial(_fwd_kernel, lay=lay, temperature=temperature),
+    functools.partial(_fwd_kernel, lay=lay, temperature=temperature, precision=precision),
     out_shape=out_shape,
     grid=(lay.np // lay.bn,),
     in_specs=[
@@ -287,7 +296,7 @@ def forward(h, w, targets, cfg):
 
 def backward(h, w, targets, res, cts, cfg):
   """d hidden and d weight kernels; `cts` = (g_logp, g_ent, g_top), already zero on masked rows."""
-  top_k, block_n, block_v, block_d, temperature, interpret, num_warps, num_stages = cfg
+  top_k, block_n, block_v, block_d, temperature, interpret, num_warps, num_stages, precision = cfg
   (n, d), vocab = h.shape, w.shape[1]
   lay = _Layout(n, d, vocab, top_k, block_n, block_v, block_d)
   hp, wp, tp = _padded_inputs(h, w, targets, lay)
@@ -304,7 +313,7 @@ def backward(h, w, targets, res, cts, cfg):
   vec = pl.BlockSpec((lay.bn,), lambda i: (i,))
   kvec = pl.BlockSpec((kp, lay.bn), lambda i: (0, i))
   dh = pl.pallas_call(
-    functools.partial(_dh_kernel, lay=lay, temperature=temperature),
+    functools.partial(_dh_kernel, lay=lay, temperature=temperature, precision=precision),
     out_shape=jax.ShapeDtypeStruct((lay.np, lay.dp), _F32),
     grid=(lay.np // lay.bn,),
     in_specs=[
@@ -324,7 +333,7 @@ def backward(h, w, targets, res, cts, cfg):
   full = [pl.BlockSpec(a.shape, lambda j, nd=a.ndim: (0,) * nd) for a in args]
   full[1] = pl.BlockSpec((lay.dp, lay.bv), lambda j: (0, j))
   dw = pl.pallas_call(
-    functools.partial(_dw_kernel, lay=lay, temperature=temperature),
+    functools.partial(_dw_kernel, lay=lay, temperature=temperature, precision=precision),
     out_shape=jax.ShapeDtypeStruct((lay.dp, lay.vp), _F32),
     grid=(lay.vp // lay.bv,),
     in_specs=full,

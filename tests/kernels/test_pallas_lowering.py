@@ -160,3 +160,34 @@ def test_gpu_formulation_hidden_dim_chunks_and_padding(d, block_d):
   )
   for x, y in zip(jax.tree.leaves((got, dh, dw)), jax.tree.leaves((want, ndh, ndw))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def _kernel_dot_precisions(fn, *args):
+  out = set()
+  for eqn in _pallas_calls(jax.make_jaxpr(fn)(*args).jaxpr):
+    stack = [eqn.params["jaxpr"]]
+    while stack:
+      jaxpr = stack.pop()
+      for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general":
+          out.add(e.params["precision"])
+        for p in e.params.values():
+          for sub in p if isinstance(p, (list, tuple)) else [p]:
+            if isinstance(sub, jex.core.ClosedJaxpr):
+              stack.append(sub.jaxpr)
+            elif isinstance(sub, jex.core.Jaxpr):
+              stack.append(sub)
+  return out
+
+
+@pytest.mark.parametrize("target", ["gpu", "tpu"])
+@pytest.mark.parametrize("precision", ["highest", None])
+def test_kernel_matmul_precision(target, precision):
+  # Triton lowers a float32 dot with DEFAULT precision to TF32 (~1e-3): the kernels default to
+  # HIGHEST (IEEE float32), and precision=None hands the choice back to the compiler.
+  h, w = jnp.zeros((37, 16)), jnp.zeros((16, 300))
+  fn = _fn(target, 0, True, block_n=16, block_v=128, precision=precision)
+  got = _kernel_dot_precisions(fn, h, w, jnp.zeros(37, jnp.int32))
+  highest = jax.lax.Precision.HIGHEST
+  want = (highest, highest) if precision else None
+  assert got == {want}
