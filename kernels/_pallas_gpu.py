@@ -64,11 +64,13 @@ class _Layout:
 
   def __init__(self, n, d, vocab, top_k, block_n, block_v, block_d):
     self.n, self.d, self.vocab = n, d, vocab
-    self.bn = min(_pow2_ceil(block_n), max(_pow2_ceil(n), 16))
-    self.bv = min(_pow2_ceil(block_v), max(_pow2_ceil(vocab), 16))
+    # Triton dots need every tile dimension >= 16; blocks never exceed the (rounded-up) array.
+    self.bn = max(16, min(_pow2_ceil(block_n), _pow2_ceil(n)))
+    self.bv = max(16, min(_pow2_ceil(block_v), _pow2_ceil(vocab)))
     # bd: a power of two dividing D when one >= 16 exists (no copy), else D is padded to bd.
-    bd = _pow2_divisor(d, _pow2_ceil(block_d))
-    self.bd = bd if bd >= 16 else min(_pow2_ceil(block_d), max(_pow2_ceil(d), 16))
+    cap = max(16, _pow2_ceil(block_d))
+    bd = _pow2_divisor(d, cap)
+    self.bd = bd if bd >= 16 else max(16, min(cap, _pow2_ceil(d)))
     self.np, self.vp = pl.cdiv(n, self.bn) * self.bn, pl.cdiv(vocab, self.bv) * self.bv
     self.dp = pl.cdiv(d, self.bd) * self.bd
     self.kp = _pow2_ceil(top_k) if top_k else 0

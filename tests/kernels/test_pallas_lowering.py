@@ -137,24 +137,26 @@ def _interpret_vg(target, top_k, block_d):
 
 
 @pytest.mark.parametrize(
-  ("d", "block_d"),
-  [(48, 64), (20, 64)],  # bd=16, D not padded / no power of two >= 16 divides 20: padded to 32
+  ("n", "d", "v"),
+  # D=48: chunks of bd=16, no padding; V=200: 3 vocabulary blocks of 64 and a tail of 8.
+  # D=20: no power of two >= 16 divides it, padded to 32; N=5, V=7: smaller than one block.
+  [(21, 48, 200), (5, 20, 7)],
 )
-def test_gpu_formulation_hidden_dim_chunks_and_padding(d, block_d):
-  # GPU tiles are powers of two: D is walked in chunks of bd, zero-padded when no power of
-  # two >= 16 divides it. Compared with the naive path (float32, 1e-5).
+def test_gpu_formulation_hidden_dim_chunks_and_padding(n, d, v):
+  # GPU tiles are powers of two >= 16: D is walked in chunks of bd, zero-padded when no power of
+  # two >= 16 divides it; N and V are padded to whole blocks. Compared with the naive path
+  # (float32, 1e-5).
   rng = np.random.default_rng(d)
-  n, v = 21, 200  # V=200: 3 full vocabulary blocks of 64 and a tail of 8 columns
   h = jnp.asarray(rng.normal(size=(n, d)) / np.sqrt(d), jnp.float32)
   w = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
-  t = jnp.asarray(rng.integers(0, v, size=n), jnp.int32).at[5].set(-1)
+  t = jnp.asarray(rng.integers(0, v, size=n), jnp.int32).at[1].set(-1)
   a, b = (jnp.asarray(rng.normal(size=n), jnp.float32) for _ in range(2))
 
   def naive_loss(h, w, t, a, b):
     out = naive_logprobs(h, w, t, top_k=2)
     return jnp.sum(a * out[0] + b * out[1]) + jnp.sum(out[2][0]), out
 
-  (_, got), (dh, dw) = _interpret_vg("gpu", 2, block_d)(h, w, t, a, b)
+  (_, got), (dh, dw) = _interpret_vg("gpu", 2, 64)(h, w, t, a, b)
   (_, want), (ndh, ndw) = jax.value_and_grad(naive_loss, argnums=(0, 1), has_aux=True)(
     h, w, t, a, b
   )
