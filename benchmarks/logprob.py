@@ -55,23 +55,26 @@ def specs(n, d, v, dtype):
 def pallas_hbm_bytes(n, d, v, dtype, target, block_n, block_v, block_d=64) -> int:
   """Analytic HBM temporaries of the compiled Pallas value-and-grad (their sum, ~ the peak).
 
-  Counts the arrays the kernels write beyond the inputs and final outputs: per-row statistics
-  (a few f32[N]), the float32 dh [N, D] and dW [D, V] the backward kernels accumulate into before
-  the cast to the input dtype, and (GPU) the zero-padded copies of h / W when N, D or V are not
-  multiples of the blocks. The `[N, V]` logits are never stored.
+  Counts what the kernels write beyond the inputs and the final outputs: per-row statistics and
+  row cotangents (a dozen f32[N]); the float32 dh [N, D] and dW [D, V] the backward kernels
+  accumulate into, unless they are the outputs themselves (float32 inputs, no padding); and (GPU)
+  the zero-padded copies of h / W when N, D or V are not multiples of the blocks. The `[N, V]`
+  logits are never stored.
   """
   item = jnp.dtype(dtype).itemsize
   if target == "tpu":  # Mosaic masks edge blocks: no padded copies
-    np_, dp, vp, pad = n, d, v, 0
+    np_, dp, vp = n, d, v
   else:
     from postrain.kernels._pallas_gpu import _Layout
 
     lay = _Layout(n, d, v, 0, block_n, block_v, block_d)
     np_, dp, vp = lay.np, lay.dp, lay.vp
-    pad = (np_ * dp if (np_, dp) != (n, d) else 0) + (dp * vp if (dp, vp) != (d, v) else 0)
-  f32 = 4 * (np_ * dp + dp * vp) + 4 * 12 * np_  # f32 dh, dW; stats and row cotangents
-  cast = item * (n * d + d * v) if item != 4 else 0  # bf16 copies made by the final cast
-  return f32 + cast + pad * item
+  padded = (np_, dp, vp) != (n, d, v)
+  pad = (np_ * dp if (np_, dp) != (n, d) else 0) + (dp * vp if (dp, vp) != (d, v) else 0)
+  temps = 4 * 12 * np_ + pad * item
+  if item != 4 or padded:  # f32 accumulators separate from the outputs
+    temps += 4 * (np_ * dp + dp * vp)
+  return temps
 
 
 def memory_table(n, d, v, chunks, pallas_block, dtypes):
