@@ -48,8 +48,9 @@ def fused_logprobs(
   the vocabulary in chunks with an online logsumexp, and their custom VJPs recompute each chunk's
   logits in the backward pass (online softmax normaliser, arXiv:1805.02867). `impl="pallas"`
   lowers to Mosaic on TPU and to Triton on GPU (two formulations, chosen by the backend; on CPU it
-  runs in the Pallas interpreter). `impl="naive"` is the plain-jnp reference. Softmax math is float32
-  (or wider) for every input dtype; the matmuls take the inputs' dtype with float32 accumulation.
+  runs in the Pallas interpreter). `impl="naive"` is the plain-jnp reference. Softmax math is
+  float32 (or wider) for every input dtype; the matmuls take the inputs' dtype with float32
+  accumulation.
 
   Masking: a token is masked when `mask` is False/0 there, or its target is outside `[0, V)`
   (e.g. -1). Masked tokens give logp = entropy = 0, top-k log-probs 0 with ids -1, and no gradient.

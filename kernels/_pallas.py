@@ -167,13 +167,8 @@ def _blocks(n, vocab, block_n, block_v):
 
 
 def _forward_tpu(h, w, targets, cfg):
-  top_k, block_n, block_v, temperature, interpret = (
-    cfg.top_k,
-    cfg.block_n,
-    cfg.block_v,
-    cfg.temperature,
-    cfg.interpret,
-  )
+  top_k, block_n, block_v = cfg.top_k, cfg.block_n, cfg.block_v
+  temperature, interpret = cfg.temperature, cfg.interpret
   (n, d), vocab = h.shape, w.shape[1]
   bn, bv, gn, gv = _blocks(n, vocab, block_n, block_v)
   row = pl.BlockSpec((bn, 1), lambda i, j: (i, 0))
@@ -216,13 +211,8 @@ def _forward_tpu(h, w, targets, cfg):
 
 
 def _backward_tpu(h, w, targets, res, cts, cfg):
-  top_k, block_n, block_v, temperature, interpret = (
-    cfg.top_k,
-    cfg.block_n,
-    cfg.block_v,
-    cfg.temperature,
-    cfg.interpret,
-  )
+  top_k, block_n, block_v = cfg.top_k, cfg.block_n, cfg.block_v
+  temperature, interpret = cfg.temperature, cfg.interpret
   (n, d), vocab = h.shape, w.shape[1]
   bn, bv, gn, gv = _blocks(n, vocab, block_n, block_v)
   m, log_s, ezr, top_i = res
