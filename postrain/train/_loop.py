@@ -372,6 +372,9 @@ class Trainer:
       with open(path, encoding="utf-8") as f:
         report = json.load(f)
       report["evals"] = [e for e in report.get("evals", []) if e["step"] <= self.step]
+      for name in ("initial", "after_sft", "final"):  # results past the restored step are stale
+        if name in report and report[name]["step"] > self.step:
+          del report[name]
       return report
     return {}
 
