@@ -20,6 +20,9 @@ OVERRIDES = (
   ("sft.steps", 2),
   ("rl.steps", 3),
   ("rl.kl_coef", 0.01),  # a frozen reference model: the sharded log-prob function, and its params
+  # The tiny model solves nothing after 2 SFT steps: all advantages are 0, and without an entropy
+  # bonus the RL updates would have no gradient to compare.
+  ("rl.entropy_coef", 0.01),
   ("eval.every", 10),
   ("eval.num_problems", 4),
   ("checkpoint.every", 2),
@@ -78,7 +81,7 @@ def train_records(workdir):
   return [{k: v for k, v in r.items() if "per_s" not in k} for r in records]
 
 
-def assert_records_close(actual, expected, rtol=1e-5, atol=1e-9):
+def assert_records_close(actual, expected, rtol=1e-5, atol=1e-8):
   assert [(r["step"], r["kind"]) for r in actual] == [(r["step"], r["kind"]) for r in expected]
   for a, e in zip(actual, expected):
     assert a.keys() == e.keys(), (a.keys(), e.keys())
