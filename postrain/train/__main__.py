@@ -24,8 +24,8 @@ def main(argv: list[str]) -> None:
   from postrain.train import _distributed, train
 
   try:
-    # Before anything touches a device: joins the other processes of a multi-process run (a no-op
-    # for one process; config.distributed or JAX_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID).
+    # Before anything touches a device: joins the other processes of a multi-process run
+    # (config.distributed, or JAX_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID; else a no-op).
     _distributed.initialize_distributed(_CONFIG.value)
     report = train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as err:  # a bad config or input: one clear line, no trace

@@ -4,6 +4,10 @@ optax update), with held-out evaluation, metrics, checkpoints and a final report
 Every step's data and randomness are functions of (seed, step), and the checkpoint holds the
 parameters, optimiser state and step, so a killed run restarted with the same command continues
 exactly where the last checkpoint left it.
+
+The run is laid out on the device mesh of `config.mesh` (`_mesh.py`): parameters and optimiser
+state in their shards, every jit with explicit shardings, each step's batch split over the batch
+axes; with several processes each places its own rows and process 0 writes the run's files.
 """
 
 from __future__ import annotations
