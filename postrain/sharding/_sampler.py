@@ -34,6 +34,8 @@ class ShardedSampler:
   and KV heads. A row count the batch axes do not divide (e.g. few prompts before the `n`-fold
   repeat) is replicated instead. Call and `update` as `Sampler`; greedy decoding gives the same
   tokens as unsharded.
+  Under several processes (`jax.distributed`) every process passes the same prompts and receives
+  the whole output (gathered from all processes' devices).
   """
 
   def __init__(
@@ -112,10 +114,9 @@ class ShardedSampler:
         in_shardings=(self.state_shardings, rows_p, rows_p, rows_p),
         out_shardings=(rows_b, self._cache(rows * mode.n)),
       )
-    s = self._sampler
-    return self._jits[key](
-      s.graphdef, s.state, p.distinct_tokens, p.distinct_valid, p.distinct_positions
-    )
+    s, rows_p = self._sampler, self._rows(rows)
+    args = _put((p.distinct_tokens, p.distinct_valid, p.distinct_positions), (rows_p,) * 3)
+    return self._jits[key](s.graphdef, s.state, *args)
 
   def _run_decode(self, logits, cache, p, mode, *, key, temperature, top_p, stop_tokens) -> Any:
     rows, jit_key = logits.shape[0], ("decode", logits.shape[0], mode)
@@ -130,7 +131,16 @@ class ShardedSampler:
       )
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.wrap_key_data(key)
-    s = self._sampler
+    s, rep, rows_b = self._sampler, replicated(self.mesh), self._rows(rows)
     temp, tp = jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p)
     stop = stop_array(stop_tokens)
-    return self._jits[jit_key](s.graphdef, s.state, cache, logits, p.lengths, stop, key, temp, tp)
+    lengths, stop, key, temp, tp = _put((p.lengths, stop, key, temp, tp), (rows_b, *[rep] * 4))
+    out = self._jits[jit_key](s.graphdef, s.state, cache, logits, lengths, stop, key, temp, tp)
+    if jax.process_count() > 1:
+      # Several processes: every process gets the whole rollout (an all-gather of the tokens and
+      # log-probs), so the sampler's output is process-local like the unsharded sampler's.
+      from jax.experimental import multihost_utils
+
+      host = multihost_utils.process_allgather(out[:4], tiled=True)
+      out = (*(jnp.asarray(x) for x in host), out[4])
+    return out

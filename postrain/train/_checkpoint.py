@@ -146,6 +146,14 @@ def check_workdir_config(workdir: str, config_json: str) -> None:
 
 # Settings that do not change the experiment; a resumed run may alter them.
 _MAY_DIFFER = {"log_every", "checkpoint.every", "checkpoint.keep", "progress_bar", "eval.every"}
+# The layout over devices and processes: a checkpoint restores into any mesh (same values).
+_MAY_DIFFER |= {
+  "mesh",
+  "sharding_rules",
+  "logical_axis_rules",
+  "sharding_allow_replication",
+  "distributed",
+}
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -144,3 +144,8 @@ def to_host(tree: Any) -> Any:
   from jax.experimental import multihost_utils
 
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def is_primary() -> bool:
+  """Whether this is process 0 (the one that writes the run's files and prints its summary)."""
+  return jax.process_index() == 0

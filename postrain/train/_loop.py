@@ -4,6 +4,10 @@ optax update), with held-out evaluation, metrics, checkpoints and a final report
 Every step's data and randomness are functions of (seed, step), and the checkpoint holds the
 parameters, optimiser state and step, so a killed run restarted with the same command continues
 exactly where the last checkpoint left it.
+
+The run is laid out on the device mesh of `config.mesh` (`_mesh.py`): parameters and optimiser
+state in their shards, every jit with explicit shardings, each step's batch split over the batch
+axes; with several processes each places its own rows and process 0 writes the run's files.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import losses, models
-from postrain.sampling import Sampler
-from postrain.train import _checkpoint, _data, _metrics, _rollout, _scrl, _steps
+from postrain.train import _checkpoint, _data, _mesh, _metrics, _rollout, _scrl, _steps
 from postrain.train.config import validate
 
 _LOG = logging.getLogger(__name__)
@@ -60,14 +63,26 @@ class Trainer:
   ):
     validate(config)
     self.config, self.workdir = config, workdir
-    _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
-    self.data = _data.load_task_data(
-      config, workdir, tokenizer=tokenizer, chat_template=chat_template
-    )
-    if model is None:
-      model = build_model(config, self.data.tokenizer.vocab_size, seed=config.seed)
-    self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-    self.sampler = Sampler(model, cache_size=config.rl.cache_size)
+    # The mesh first: a config that does not fit the devices fails before any data or compilation.
+    self.mesh = mesh = _mesh.mesh_context(config)
+    with mesh.primary_first("workdir"):  # process 0 writes config, dataset and tokenizer
+      _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
+      self.data = _data.load_task_data(
+        config, workdir, tokenizer=tokenizer, chat_template=chat_template
+      )
+    vocab = self.data.tokenizer.vocab_size
+    if model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
+      # Created in its shards: no device ever holds the whole model.
+      self.graphdef, self.params, self.rest, self.param_shardings = mesh.init_sharded(
+        lambda: build_model(config, vocab, seed=config.seed)
+      )
+    else:
+      if model is None:
+        with _mesh.host_memory():  # imported weights stay in host memory until placed
+          model = build_model(config, vocab, seed=config.seed)
+      self.graphdef, self.params, self.rest, self.param_shardings = mesh.place(model)
+    model = nnx.merge(self.graphdef, self.params, self.rest)
+    self.sampler = mesh.sampler(model, cache_size=config.rl.cache_size)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode == "rl" else 0),
@@ -85,10 +100,17 @@ class Trainer:
     self.sft_tx = _steps.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
     rl_updates = max(self.rl_steps * config.rl.updates_per_batch, 1)
     self.rl_tx = _steps.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
-    self.opt_state = (self.sft_tx if self.sft_steps else self.rl_tx).init(self.params)
+    p_sh = self.param_shardings
+    self.opt_state = mesh.init_opt_state(
+      self.sft_tx if self.sft_steps else self.rl_tx, self.params, p_sh
+    )
     impl = config.model.logprob_impl
-    self.sft_update = _steps.make_update(
-      functools.partial(_steps.sft_loss, impl=impl), self.sft_tx, self.graphdef, self.rest
+    self.sft_update = mesh.shard_update(
+      _steps.make_update(
+        functools.partial(_steps.sft_loss, impl=impl), self.sft_tx, self.graphdef, self.rest
+      ),
+      p_sh,
+      mesh.opt_shardings(self.sft_tx, self.params, p_sh),
     )
     rl = config.rl
     self.rl_spec = _steps.RLSpec(
@@ -105,10 +127,16 @@ class Trainer:
       conspo_tau=rl.conspo_tau,
       logprob_impl=impl,
     )
-    self.rl_update = _steps.make_update(
-      functools.partial(_steps.rl_loss, spec=self.rl_spec), self.rl_tx, self.graphdef, self.rest
+    self.rl_update = mesh.shard_update(
+      _steps.make_update(
+        functools.partial(_steps.rl_loss, spec=self.rl_spec), self.rl_tx, self.graphdef, self.rest
+      ),
+      p_sh,
+      mesh.opt_shardings(self.rl_tx, self.params, p_sh),
     )
-    self.ref_logprobs = _steps.make_logprob_fn(self.graphdef, self.rest, impl)
+    self.ref_logprobs = mesh.shard_logprob_fn(
+      _steps.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
+    )
     # The frozen reference model of the KL term (reset to the policy when RL starts).
     self.ref_params = jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 else None
     self.base_key = jax.random.key(config.seed)
@@ -152,7 +180,7 @@ class Trainer:
 
   def _enter_rl(self) -> None:
     """Fresh optimiser state for the RL phase and the frozen reference model for the KL term."""
-    self.opt_state = self.rl_tx.init(self.params)
+    self.opt_state = self.mesh.init_opt_state(self.rl_tx, self.params, self.param_shardings)
     if self.config.rl.kl_coef > 0:
       self.ref_params = jax.tree.map(jnp.copy, self.params)
 
@@ -166,21 +194,24 @@ class Trainer:
     curriculum = (
       cfg.rl.scrl_curriculum_frac if cfg.rl.algorithm == "scrl" and cfg.mode == "rl" else 0.0
     )
-    batch = _data.sft_batch(
+    # Every process builds the (cheap, host-side) batch and places only its own rows on its
+    # devices; the SCRL curriculum split depends on the global row index.
+    host = _data.sft_batch(
       self.data,
       problems,
       cfg.sft.max_len,
       curriculum_frac=curriculum,
       num_subproblems=cfg.rl.scrl_num_subproblems,
     )
+    batch = self.mesh.from_host(host)
     start = time.perf_counter()
     self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
-    aux = jax.device_get(aux)
+    aux = self.mesh.to_host(aux)
     seconds = time.perf_counter() - start
     return {
       "sft_loss": aux["loss"],
       "grad_norm": aux["grad_norm"],
-      "train_tokens_per_s": float(batch["valid"].sum()) / seconds,
+      "train_tokens_per_s": float(host["valid"].sum()) / seconds,
     }
 
   def _rl_step(self) -> dict[str, float]:
@@ -218,9 +249,13 @@ class Trainer:
     else:
       rewards, vstats = _rollout.score(self.data, problems, texts, rl.group_size, timeout_s)
       batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
+    # Host arrays, identical on every process (the sampler's output is process-complete); each
+    # process places its rows of every minibatch.
+    batch = _mesh.as_numpy(batch)
     if self.ref_params is not None:
-      batch["ref_logp"] = self.ref_logprobs(
-        self.ref_params, batch["tokens"], batch["mask"], batch["valid"]
+      placed = self.mesh.from_host({k: batch[k] for k in ("tokens", "mask", "valid")})
+      batch["ref_logp"] = self.mesh.to_host(
+        self.ref_logprobs(self.ref_params, placed["tokens"], placed["mask"], placed["valid"])
       )
     margin = losses.margin_schedule(
       rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
@@ -229,10 +264,10 @@ class Trainer:
     rows = out.tokens.shape[0] // rl.updates_per_batch
     auxes = []
     for i in range(rl.updates_per_batch):
-      mb = jax.tree.map(lambda x, i=i: x[i * rows : (i + 1) * rows], batch)
+      mb = self.mesh.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
       self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
       auxes.append(aux)
-    auxes = jax.device_get(auxes)
+    auxes = self.mesh.to_host(auxes)
     update_s = time.perf_counter() - start
     for name in auxes[0]:
       metrics[name] = float(np.mean([a[name] for a in auxes]))
@@ -268,12 +303,14 @@ class Trainer:
 
     cfg = self.config
     self._restore()
-    writer = _metrics.MetricsWriter(self.workdir, resume_step=self.step if self.step else None)
+    primary = self.mesh.is_primary  # process 0 writes metrics and the report
+    resume = self.step if self.step else None
+    writer = _metrics.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
     report = self._load_report()
     bar = tqdm(
       total=self.total_steps,
       initial=self.step,
-      disable=not cfg.progress_bar,
+      disable=not cfg.progress_bar or not primary,
       desc="train",
       dynamic_ncols=True,
     )
@@ -326,10 +363,11 @@ class Trainer:
     report.setdefault("evals", [])
     report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
     self._write_report(report)
-    print(
-      f"[eval step {self.step}] "
-      + " ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "step")
-    )
+    if self.mesh.is_primary:
+      print(
+        f"[eval step {self.step}] "
+        + " ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "step")
+      )
     return result
 
   def _load_report(self) -> dict[str, Any]:
@@ -338,10 +376,15 @@ class Trainer:
       with open(path, encoding="utf-8") as f:
         report = json.load(f)
       report["evals"] = [e for e in report.get("evals", []) if e["step"] <= self.step]
+      for name in ("initial", "after_sft", "final"):  # results past the restored step are stale
+        if name in report and report[name]["step"] > self.step:
+          del report[name]
       return report
     return {}
 
   def _write_report(self, report: dict[str, Any]) -> None:
+    if not self.mesh.is_primary:
+      return
     path = os.path.join(self.workdir, "report.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
@@ -353,6 +396,16 @@ class Trainer:
         os.path.join(self.workdir, "curves.png"),
         title=f"{self.config.task.name} / {self.config.rl.algorithm}",
       )
+
+
+class _NoWriter:
+  """The metrics writer of processes other than 0."""
+
+  def write(self, *args: Any, **kwargs: Any) -> None:
+    del args, kwargs
+
+  def close(self) -> None:
+    pass
 
 
 def train(config: mlc.ConfigDict, workdir: str, **kwargs: Any) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections as mlc
 
+from postrain import sharding
+
 MODES = ("sft", "rl", "opd")
 ALGORITHMS = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo", "conspo", "scrl")
 MODEL_SOURCES = ("scratch", "hf", "gguf")
@@ -107,6 +109,19 @@ def base_config() -> mlc.ConfigDict:
   c.checkpoint = mlc.ConfigDict()
   c.checkpoint.every = 50
   c.checkpoint.keep = 3
+
+  # Device mesh and partitioning (postrain.sharding; README "Scale out"). Axis sizes: -1 takes the
+  # remaining devices. The rules are tuples so `--config.sharding_rules="((regex, (axes...)), ...)"`
+  # works from the command line; a config file may assign lists (stored as tuples).
+  c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = tuple(sharding.default_rules())  # (parameter path regex, logical axes)
+  c.logical_axis_rules = tuple(sharding.default_logical_axis_rules())  # (logical, mesh axes)
+  c.sharding_allow_replication = False  # True: replicate a dimension the mesh does not divide
+  # Multi-process runs (train._distributed.initialize_distributed); empty: the environment's
+  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else one process.
+  c.distributed = mlc.ConfigDict(
+    dict(coordinator_address="", num_processes=0, process_id=-1, local_device_ids="", auto=False)
+  )
   return c
 
 
@@ -192,6 +207,50 @@ def validate(c: mlc.ConfigDict) -> None:
     c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
   )
   need(c.eval.k >= 1, "eval.k", "must be >= 1")
+  _validate_sharding(c, need)
+
+
+def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:
+  """The mesh / rules / distributed keys (config only; the device count is checked by the
+  trainer when it builds the mesh, still before any compilation)."""
+  import re
+
+  mesh = c.mesh.to_dict() if hasattr(c.mesh, "to_dict") else dict(c.mesh)
+  for axis, size in mesh.items():
+    need(
+      axis in sharding.MESH_AXES,
+      f"mesh.{axis}",
+      f"unknown mesh axis; the axes are {list(sharding.MESH_AXES)}",
+    )
+    need(
+      not isinstance(size, bool) and isinstance(size, int) and (size == -1 or size >= 1),
+      f"mesh.{axis}",
+      f"must be a positive int or -1 (the remaining devices), got {size!r}",
+    )
+  rest = [a for a, s in mesh.items() if s == -1]
+  need(len(rest) <= 1, "mesh", f"axes {rest} are all -1; at most one axis may take the rest")
+  for i, rule in enumerate(c.sharding_rules):
+    ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+    ok = ok and isinstance(rule[1], (tuple, list))
+    ok = ok and all(a is None or isinstance(a, str) for a in rule[1])
+    need(ok, f"sharding_rules[{i}]", f"must be (regex, (logical axis or None, ...)), got {rule!r}")
+    try:
+      re.compile(rule[0])
+    except re.error as err:
+      need(False, f"sharding_rules[{i}]", f"bad regex {rule[0]!r}: {err}")
+  for i, rule in enumerate(c.logical_axis_rules):
+    ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+    axes = () if not ok or rule[1] is None else (rule[1],) if isinstance(rule[1], str) else rule[1]
+    ok = ok and isinstance(axes, (tuple, list)) and all(a in sharding.MESH_AXES for a in axes)
+    need(
+      ok,
+      f"logical_axis_rules[{i}]",
+      f"must be (logical axis, mesh axis | (mesh axes...) | None) with mesh axes in "
+      f"{list(sharding.MESH_AXES)}, got {rule!r}",
+    )
+  d = c.distributed
+  need(d.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0: from the environment)")
+  need(d.process_id >= -1, "distributed.process_id", "must be >= 0, or -1 (from the environment)")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:

@@ -1,0 +1,181 @@
+"""The trainer's mesh plumbing: the mesh and rules from the config, sharded state, sharded jits and
+the batches of one or many processes (`postrain.sharding`, `train._distributed`).
+
+With the default config on one device every function here is the identity on values: the numbers
+of a one-device run are those of the unsharded trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from postrain import sharding
+from postrain.train import _distributed
+
+
+@dataclasses.dataclass
+class MeshContext:
+  """The run's mesh, its partition rules and the batch sharding (rows over data x fsdp)."""
+
+  mesh: Mesh
+  rules: list[sharding.Rule]
+  logical_rules: list[sharding.LogicalRule]
+  allow_replication: bool
+  batch: NamedSharding
+
+  @property
+  def batch_ways(self) -> int:
+    """How many pieces the batch dimension is split into."""
+    spec = self.batch.spec[0] if self.batch.spec else None
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return math.prod(self.mesh.shape[a] for a in axes)
+
+  @property
+  def multi_process(self) -> bool:
+    return jax.process_count() > 1
+
+  @property
+  def is_primary(self) -> bool:
+    """Process 0 writes the run's files (config, metrics, report); every process checkpoints."""
+    return jax.process_index() == 0
+
+  def rule_kwargs(self) -> dict[str, Any]:
+    return dict(
+      rules=self.rules, logical_rules=self.logical_rules, allow_replication=self.allow_replication
+    )
+
+  # -- state ------------------------------------------------------------------------------------
+
+  def param_shardings(self, params: Any) -> Any:
+    return sharding.param_shardings(params, self.mesh, **self.rule_kwargs())
+
+  def opt_shardings(self, tx: optax.GradientTransformation, params: Any, p_sh: Any) -> Any:
+    abstract = jax.eval_shape(tx.init, params)
+    return sharding.opt_state_shardings(tx, abstract, params, p_sh, self.mesh)
+
+  def init_opt_state(self, tx: optax.GradientTransformation, params: Any, p_sh: Any) -> Any:
+    """`tx.init(params)` created in the optimiser state's shardings."""
+    return jax.jit(tx.init, out_shardings=self.opt_shardings(tx, params, p_sh))(params)
+
+  def place(self, model: nnx.Module) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, params, rest, param shardings) of a built model, its weights moved into their
+    shards: each device receives only its slices of the host copy (`sharding.place_params`)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    p_sh = self.param_shardings(params)
+    params = sharding.place_params(jax.device_get(params), p_sh)
+    rest = sharding.place_params(jax.device_get(rest), sharding.replicated(self.mesh))
+    return graphdef, params, rest, p_sh
+
+  def init_sharded(self, factory: Callable[[], nnx.Module]) -> tuple[Any, Any, Any, Any]:
+    """(graphdef, params, rest, param shardings) of `factory()` created directly in its shards."""
+    # The optimiser state is created by the trainer (it owns two optimisers); an identity tx here.
+    state = sharding.init_sharded(factory, optax.identity(), self.mesh, **self.rule_kwargs())
+    return state.graphdef, state.params, state.rest, state.param_shardings
+
+  # -- jits -------------------------------------------------------------------------------------
+
+  def shard_update(self, update_fn: Callable[..., Any], p_sh: Any, o_sh: Any) -> Callable:
+    return sharding.shard_update(
+      update_fn, p_sh, o_sh, self.batch, logical_rules=self.logical_rules
+    )
+
+  def shard_logprob_fn(self, fn: Callable[..., Any], p_sh: Any) -> Callable:
+    return sharding.shard_logprob_fn(fn, p_sh, self.batch, logical_rules=self.logical_rules)
+
+  def sampler(self, model: nnx.Module, **kwargs: Any) -> sharding.ShardedSampler:
+    return sharding.ShardedSampler(model, self.mesh, **self.rule_kwargs(), **kwargs)
+
+  # -- batches ----------------------------------------------------------------------------------
+
+  def local_items(self, items: Sequence[Any], rows_per_item: int = 1) -> list[Any]:
+    """This process's share of the step's items (all of them on one process)."""
+    return _distributed.local_items(items, self.batch, rows_per_item=rows_per_item)
+
+  def from_local(self, local: Any, num_rows: int) -> Any:
+    """This process's rows of every array -> global arrays split on the batch dimension."""
+    return _distributed.host_to_global(local, self.batch, num_rows)
+
+  def from_host(self, full: Any) -> Any:
+    """Full host arrays (identical on every process) -> global arrays split on the batch."""
+    return _distributed.global_from_host(jax.device_get(full), self.batch)
+
+  def to_host(self, tree: Any) -> Any:
+    """Global arrays -> numpy on every process (an all-gather when several processes run)."""
+    return _distributed.to_host(tree) if self.multi_process else jax.device_get(tree)
+
+  @contextlib.contextmanager
+  def primary_first(self, name: str) -> Iterator[None]:
+    """Process 0 runs the body first (e.g. writing the dataset and tokenizer into the workdir),
+    then the others (which find it written); one process: just the body."""
+    if not self.multi_process:
+      yield
+      return
+    from jax.experimental import multihost_utils
+
+    if not self.is_primary:
+      multihost_utils.sync_global_devices(f"postrain:{name}")
+    yield
+    if self.is_primary:
+      multihost_utils.sync_global_devices(f"postrain:{name}")
+
+
+def mesh_context(config: mlc.ConfigDict) -> MeshContext:
+  """The mesh and rules of `config` (ValueError naming the key when they do not fit the devices
+  or the batch sizes; nothing is compiled before this check)."""
+  try:
+    mesh, kwargs = sharding.from_config(config)
+    batch = sharding.batch_sharding(mesh, kwargs["logical_rules"])
+  except ValueError as err:
+    raise ValueError(f"config.mesh / config.logical_axis_rules: {err}") from None
+  ctx = MeshContext(mesh=mesh, batch=batch, **kwargs)
+  _check_batch_sizes(config, ctx)
+  return ctx
+
+
+def _check_batch_sizes(c: mlc.ConfigDict, ctx: MeshContext) -> None:
+  ways, shape = ctx.batch_ways, dict(ctx.mesh.shape)
+  if c.sft.steps and c.sft.batch_size % ways:
+    raise ValueError(
+      f"config.sft.batch_size: {c.sft.batch_size} rows do not split over the batch mesh axes "
+      f"(mesh {shape}: {ways} pieces); make it a multiple of {ways}."
+    )
+  if c.mode == "rl" and c.rl.steps:
+    rows = c.rl.prompts_per_step * c.rl.group_size // c.rl.updates_per_batch
+    if rows % ways:
+      raise ValueError(
+        f"config.rl.prompts_per_step: each update's minibatch (prompts_per_step * group_size / "
+        f"updates_per_batch = {rows} rows) does not split over the batch mesh axes (mesh {shape}: "
+        f"{ways} pieces)."
+      )
+
+
+@contextlib.contextmanager
+def host_memory() -> Iterator[None]:
+  """Arrays created inside live in host (CPU) memory, e.g. imported weights before they are
+  placed shard by shard, so no accelerator ever holds a whole tensor. A no-op on CPU backends."""
+  if jax.default_backend() == "cpu":
+    yield
+    return
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # no CPU backend (JAX_PLATFORMS without cpu): the default device
+    yield
+    return
+  with jax.default_device(cpu):
+    yield
+
+
+def as_numpy(tree: Any) -> Any:
+  """Local (process-complete) arrays -> numpy, for host-side slicing of a batch."""
+  return jax.tree.map(np.asarray, tree)

@@ -1,0 +1,93 @@
+"""`python -m postrain.train` as two processes (2 CPU devices each) joined by `jax.distributed`
+on localhost: one (data=2, fsdp=2) mesh, one SFT and one RL step, one checkpoint written together,
+equal to the one-process run."""
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import trainer_case as case
+
+ANY_DEVICES = True  # spawns its own processes: runs in-process whatever this process's devices
+TIMEOUT_S = 600
+OVERRIDES = (
+  ("sft.steps", 1),
+  ("rl.steps", 1),
+  ("rl.entropy_coef", 0.01),  # a gradient in the RL step although every advantage is 0 here
+  ("eval.num_problems", 4),
+  ("checkpoint.every", 2),
+  ("progress_bar", False),
+)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(workdir, tmp_path):
+  port = _free_port()
+  args = case.cli_args(workdir, (*OVERRIDES, ("mesh.data", 2), ("mesh.fsdp", 2)))
+  logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(2)]
+  procs = []
+  try:
+    for i in range(2):
+      env = case.one_device_env(
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(i),
+      )
+      procs.append(
+        subprocess.Popen(
+          args,
+          env=env,
+          cwd=case.REPO,
+          stdout=logs[i],
+          stderr=subprocess.STDOUT,
+          start_new_session=True,  # signals among the workers never reach the test process
+        )
+      )
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break  # one failed: the other would wait for it until its own timeout
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+    for f in logs:
+      f.close()
+  outs = [(tmp_path / f"log{i}.txt").read_text() for i in range(2)]
+  codes = [p.returncode for p in procs]
+  if codes != [0, 0]:
+    pytest.fail(
+      f"exit codes {codes}\n--- process 0 ---\n{outs[0][-3000:]}\n--- process 1 ---\n"
+      f"{outs[1][-3000:]}"
+    )
+  return outs
+
+
+@pytest.mark.slow
+def test_two_process_cli_run_writes_one_checkpoint_equal_to_one_process(tmp_path):
+  reference = str(tmp_path / "one_process")
+  case.run_one_device(reference, OVERRIDES)
+  workdir = str(tmp_path / "two_processes")
+  outs = _run_two_processes(workdir, tmp_path)
+  assert "jax.distributed: process 0 of 2" in outs[0]
+  assert "jax.distributed: process 1 of 2" in outs[1]
+  # Process 0 prints the summary and writes the run's files; both write the checkpoint.
+  assert "final     (step 2)" in outs[0] and "final" not in outs[1]
+  assert case.checkpoint_steps(workdir) == case.checkpoint_steps(reference) == [2]
+  records = case.train_records(workdir)
+  assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]  # written once
+  case.assert_records_close(records, case.train_records(reference))
+  saved, ref = case.restore_numpy(workdir, 2), case.restore_numpy(reference, 2)
+  assert any(k.startswith("opt_state") for k in case.flat(saved))
+  case.assert_trees_close(saved, ref, "checkpoint")
+  assert os.path.exists(os.path.join(workdir, "report.json"))

@@ -1,0 +1,135 @@
+"""The trainer runs the mesh tests compare: the `scale=test` default config, shortened, with 2 KV
+heads so that every dimension divides the meshes tested (in-process Trainer and CLI subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import SingleDeviceSharding
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "default.py")
+
+# (key, value): applied to the in-process config and passed as --config.key=value to the CLI.
+OVERRIDES = (
+  ("model.overrides.num_kv_heads", 2),
+  ("sft.steps", 2),
+  ("rl.steps", 3),
+  ("rl.kl_coef", 0.01),  # a frozen reference model: the sharded log-prob function, and its params
+  # The tiny model solves nothing after 2 SFT steps: all advantages are 0, and without an entropy
+  # bonus the RL updates would have no gradient to compare.
+  ("rl.entropy_coef", 0.01),
+  ("eval.every", 10),
+  ("eval.num_problems", 4),
+  ("checkpoint.every", 2),
+  ("progress_bar", False),
+)
+
+
+def config(overrides=OVERRIDES, **mesh):
+  from postrain.train.config import load_config_file
+
+  cfg = load_config_file(DEFAULT_CONFIG, "scale=test")
+  for key, value in overrides:
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  cfg.mesh.update(mesh)
+  return cfg
+
+
+def cli_args(workdir, overrides=OVERRIDES):
+  return [
+    sys.executable,
+    "-m",
+    "postrain.train",
+    f"--config={DEFAULT_CONFIG}:scale=test",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in overrides),
+  ]
+
+
+def one_device_env(**extra):
+  """This environment without the fake-device flag: a one-device CPU process."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTEST_XDIST_WORKER")}
+  return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **extra)
+
+
+def run_one_device(workdir, overrides=OVERRIDES, timeout=600):
+  """The unsharded reference: `python -m postrain.train` in a one-device process."""
+  proc = subprocess.run(
+    cli_args(workdir, overrides),
+    env=one_device_env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def train_records(workdir):
+  """metrics.jsonl records (timings dropped)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if "per_s" not in k} for r in records]
+
+
+def assert_records_close(actual, expected, rtol=1e-5, atol=1e-8):
+  assert [(r["step"], r["kind"]) for r in actual] == [(r["step"], r["kind"]) for r in expected]
+  for a, e in zip(actual, expected):
+    assert a.keys() == e.keys(), (a.keys(), e.keys())
+    for key, value in e.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(a[key], value, rtol=rtol, atol=atol, err_msg=f"{e} {key}")
+      else:
+        assert a[key] == value, (e, key)
+
+
+def checkpoint_steps(workdir):
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def restore_numpy(workdir, step):
+  """A checkpoint's state as numpy arrays on this process's first device, whatever mesh wrote it
+  (the target comes from the checkpoint's own metadata, not from any trainer)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  meta = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  dev = SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+  with ocp.StandardCheckpointer() as ckpt:
+    return jax.tree.map(np.asarray, ckpt.restore(path, target))
+
+
+def flat(tree):
+  """{path: leaf} of a pytree (nnx State or nested dicts), for comparing trees of different types."""
+  out = {}
+  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys]
+    out["/".join(n for n in names if n != "value")] = np.asarray(leaf)
+  return out
+
+
+def assert_trees_close(actual, expected, what, *, atol=1e-4, tight=1e-6, max_loose=1e-3):
+  """Trees of the same run computed on different meshes agree to float32 reduction-order noise.
+
+  AdamW divides each update by sqrt(nu) + 1e-8 (`_steps.make_optimizer`), so for a weight whose
+  gradient is ~1e-8 the reduction-order noise of the gradient can move it differently by up to
+  ~lr (3e-3 here): every element must agree to `atol`, and all but a fraction `max_loose` of them
+  to `tight` (rtol 1e-5 both).
+  """
+  a, e = flat(actual), flat(expected)
+  assert a.keys() == e.keys(), what
+  loose = total = 0
+  for key in e:
+    np.testing.assert_allclose(a[key], e[key], rtol=1e-5, atol=atol, err_msg=f"{what} {key}")
+    loose += int(np.sum(~np.isclose(a[key], e[key], rtol=1e-5, atol=tight)))
+    total += e[key].size
+  assert loose <= max_loose * total, f"{what}: {loose} of {total} elements differ by > {tight}"
