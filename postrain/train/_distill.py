@@ -383,7 +383,7 @@ class Distiller:
 
   def step(self, tr: Any) -> dict[str, float]:
     """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics."""
-    cfg, rl, d = self.config, self.config.rl, self.config.distill
+    cfg, rl = self.config, self.config.rl
     problems = _data.step_problems(
       tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
     )
