@@ -103,7 +103,10 @@ def restore_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
 
 
 def jax_tree_to_numpy(tree: Any) -> Any:
+  """Orbax's nested dicts as nnx pure dicts: `{"value": x}` variable leaves unwrapped."""
   if isinstance(tree, dict):
+    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+      return np.asarray(tree["value"])
     return {_key(k): jax_tree_to_numpy(v) for k, v in tree.items()}
   return np.asarray(tree)
 
