@@ -70,6 +70,7 @@ def main(argv: list[str]) -> None:
   p.add_argument("--eval_problems", type=int, default=100)
   p.add_argument("--lr", type=float, default=5e-4)
   p.add_argument("--arms", default=",".join(ARMS))
+  p.add_argument("--teacher", default="", help="existing teacher workdir (default: train one)")
   args = p.parse_args(argv)
 
   import jax
@@ -78,16 +79,34 @@ def main(argv: list[str]) -> None:
   from flax import nnx
 
   from postrain.models import tokenizers
-  from postrain.train import Trainer, _teacher
+  from postrain.train import Trainer, _rollout, _teacher
 
   os.makedirs(args.out, exist_ok=True)
   t0 = time.time()
   teacher_cfg, student = _configs()
-  teacher_dir = os.path.join(args.out, "teacher")
-  teacher_cfg.progress_bar = False
-  teacher_report = Trainer(teacher_cfg, teacher_dir).run()  # resumes / returns if done
+  if args.teacher:  # an existing run, used as it is (its newest checkpoint)
+    teacher_dir = args.teacher
+    teacher = Trainer(_teacher._read_run_config(teacher_dir), teacher_dir)
+    teacher._restore()
+  else:
+    teacher_dir = os.path.join(args.out, "teacher")
+    teacher_cfg.progress_bar = False
+    teacher = Trainer(teacher_cfg, teacher_dir)
+    teacher.run()  # resumes / returns if done
+  # The teacher on the arms' held-out problems (the same evaluation as theirs).
+  teacher.sampler.update(nnx.merge(teacher.graphdef, teacher.params, teacher.rest))
+  teacher_eval = _rollout.evaluate(
+    teacher.sampler,
+    teacher.data,
+    teacher.data.test[: args.eval_problems],
+    key=jax.random.key(1),
+    k=1,
+    max_new_tokens=student.eval.max_new_tokens,
+    timeout_s=student.task.verifier_timeout_s,
+  )
+  teacher_eval["step"] = teacher.step
   tok = tokenizers.SentencePieceTokenizer(_teacher.run_tokenizer_path(teacher_dir))
-  print(f"teacher: {teacher_report['final']}  ({time.time() - t0:.0f}s)", flush=True)
+  print(f"teacher: {teacher_eval}  ({time.time() - t0:.0f}s)", flush=True)
 
   start_cfg = student.copy_and_resolve_references()
   start_cfg.mode, start_cfg.teacher.source = "sft", "none"
@@ -110,7 +129,7 @@ def main(argv: list[str]) -> None:
     print(f"{arm}: {curves[arm]}  ({time.time() - t_arm:.0f}s)", flush=True)
 
   summary = {
-    "teacher": teacher_report["final"],
+    "teacher": teacher_eval,
     "start": start_report["final"],
     "curves": curves,
     "args": vars(args),
@@ -120,7 +139,7 @@ def main(argv: list[str]) -> None:
     json.dump(summary, f, indent=2)
   _plot(
     curves,
-    teacher_report["final"]["pass1_greedy"],
+    teacher_eval["pass1_greedy"],
     os.path.join(args.out, "state_distribution.png"),
   )
   print(json.dumps(summary, indent=2))
