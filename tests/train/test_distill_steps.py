@@ -377,3 +377,38 @@ def test_realign_moves_prompt_and_response_columns():
   x = np.array([[0, 5, 6, 7, 8]])  # prompt width 3, response 2
   y = _ftis.realign(x, 2, 4, 3, fill=-1)
   assert y.tolist() == [[-1, 0, 5, 6, 7, 8, -1]]
+
+
+def test_foreign_rollouts_join_the_rl_batch_aligned_with_ftis_fields(tmp_path):
+  params, _, _, logprob, out = _rl_setup()
+  rewards = np.array([1, 0, 0, 1, 0, 0, 0, 1], np.float32)
+  own = _plain_batch(out, rewards)
+  # Foreign rollouts with a prompt one column wider and 2 fewer response columns.
+  wide = types.SimpleNamespace(
+    **{
+      k: _ftis.realign(np.asarray(getattr(out, k))[:, :-2], 6, 5, 6, fill)
+      for k, fill in (("tokens", 0), ("valid", False), ("response_mask", 0), ("sample_logp", 0))
+    }
+  )
+  path = str(tmp_path / "foreign.npz")
+  _ftis.write_rollouts(path, wide, rewards, group_size=G, max_new_tokens=6, vocab_size=V)
+  ftis = _ftis_cfg(path=path, prompts_per_step=1)
+  rl = mlc.ConfigDict(dict(group_size=G, max_new_tokens=8, adv_scale="group", ftis=ftis))
+  trainer = types.SimpleNamespace(
+    config=mlc.ConfigDict(dict(rl=rl)),
+    data=types.SimpleNamespace(tokenizer=types.SimpleNamespace(vocab_size=V, pad_id=0)),
+    ref_logprobs=logprob,
+    params=params,
+  )
+  foreign = _ftis.ForeignRollouts(trainer)
+  merged, metrics = foreign.extend(dict(own), rl_step=1)  # step 1: the file's second group
+  assert merged["tokens"].shape == (2 * G + G, 13)  # prompt width 5, response 8
+  np.testing.assert_array_equal(merged["tokens"][: 2 * G, 1:], own["tokens"])
+  rows = slice(G, 2 * G)
+  want = np.asarray(out.tokens)[rows, :-2]  # the foreign rows: [prompt 4 | response 6]
+  np.testing.assert_array_equal(merged["tokens"][2 * G :, 1:11], want)
+  np.testing.assert_array_equal(merged["is_weights"][: 2 * G, 1:], own["mask"])
+  assert {"ftis_filtered_count", "ftis_kl_mean", "ftis_is_weight_mean"} <= set(metrics)
+  with pytest.raises(ValueError, match="group_size"):
+    trainer.config.rl.group_size = 2
+    _ftis.ForeignRollouts(trainer)
