@@ -26,7 +26,18 @@ import numpy as np
 from flax import nnx
 
 from postrain import losses, models
-from postrain.train import _checkpoint, _data, _mesh, _metrics, _rollout, _scrl, _steps
+from postrain.train import (
+  _checkpoint,
+  _data,
+  _distill,
+  _ftis,
+  _mesh,
+  _metrics,
+  _rollout,
+  _scrl,
+  _steps,
+  _teacher,
+)
 from postrain.train.config import validate
 
 _LOG = logging.getLogger(__name__)
@@ -67,6 +78,8 @@ class Trainer:
     self.mesh = mesh = _mesh.mesh_context(config)
     with mesh.primary_first("workdir"):  # process 0 writes config, dataset and tokenizer
       _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
+      if tokenizer is None:  # OPD from another postrain run: read the teacher's token ids
+        tokenizer = _teacher.default_tokenizer(config)
       self.data = _data.load_task_data(
         config, workdir, tokenizer=tokenizer, chat_template=chat_template
       )
@@ -85,7 +98,7 @@ class Trainer:
     self.sampler = mesh.sampler(model, cache_size=config.rl.cache_size)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
-      (config.rl.steps if config.mode == "rl" else 0),
+      (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),
     )
     self.total_steps = self.sft_steps + self.rl_steps
     opt = config.optimizer
@@ -146,6 +159,10 @@ class Trainer:
       keep=config.checkpoint.keep,
     )
     self.step = 0
+    # Modes "opd" / "mopd": the teacher and the distillation step (postrain/train/_distill.py).
+    self.distiller = _distill.Distiller(self) if config.mode in ("opd", "mopd") else None
+    # F-TIS: rollouts of another model mixed into the RL batches (postrain/train/_ftis.py).
+    self.ftis = _ftis.ForeignRollouts(self) if config.rl.ftis.path else None
 
   # -- state -----------------------------------------------------------------------------------
 
@@ -153,6 +170,8 @@ class Trainer:
     state = {"params": self.params, "opt_state": self.opt_state}
     if self.ref_params is not None:
       state["ref_params"] = self.ref_params
+    if self.distiller is not None:
+      state.update(self.distiller.state())
     return state
 
   def _save(self, *, force: bool = False) -> None:
@@ -176,6 +195,8 @@ class Trainer:
     self.step, state, _ = restored
     self.params, self.opt_state = state["params"], state["opt_state"]
     self.ref_params = state.get("ref_params")
+    if self.distiller is not None:
+      self.distiller.restore(state)
     _LOG.info("resumed from step %d", self.step)
 
   def _enter_rl(self) -> None:
@@ -183,6 +204,8 @@ class Trainer:
     self.opt_state = self.mesh.init_opt_state(self.rl_tx, self.params, self.param_shardings)
     if self.config.rl.kl_coef > 0:
       self.ref_params = jax.tree.map(jnp.copy, self.params)
+    if self.distiller is not None:
+      self.distiller.enter(self.params)
 
   # -- steps -----------------------------------------------------------------------------------
 
@@ -249,6 +272,9 @@ class Trainer:
     else:
       rewards, vstats = _rollout.score(self.data, problems, texts, rl.group_size, timeout_s)
       batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
+    if self.ftis is not None:
+      batch, ftis_metrics = self.ftis.extend(batch, rl_step)
+      metrics.update(ftis_metrics)
     # Host arrays, identical on every process (the sampler's output is process-complete); each
     # process places its rows of every minibatch.
     batch = _mesh.as_numpy(batch)
@@ -261,7 +287,7 @@ class Trainer:
       rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
     )
     start = time.perf_counter()
-    rows = out.tokens.shape[0] // rl.updates_per_batch
+    rows = batch["tokens"].shape[0] // rl.updates_per_batch
     auxes = []
     for i in range(rl.updates_per_batch):
       mb = self.mesh.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
@@ -324,7 +350,14 @@ class Trainer:
             self._enter_rl()
           elif self.step > self.sft_steps and (self.step - self.sft_steps) % cfg.eval.every == 0:
             self._eval_and_log(writer, report)
-          metrics = self._sft_step() if self.step < self.sft_steps else self._rl_step()
+          elif cfg.mode == "sft" and self.step and self.step % cfg.eval.every == 0:
+            self._eval_and_log(writer, report)  # SFT-only runs: held-out curve too
+          if self.step < self.sft_steps:
+            metrics = self._sft_step()
+          elif self.distiller is not None:
+            metrics = self.distiller.step(self)
+          else:
+            metrics = self._rl_step()
           self.step += 1
           if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             writer.write(self.step, metrics)
@@ -394,7 +427,8 @@ class Trainer:
       _metrics.plot_curves(
         jsonl,
         os.path.join(self.workdir, "curves.png"),
-        title=f"{self.config.task.name} / {self.config.rl.algorithm}",
+        title=f"{self.config.task.name} / "
+        + (self.config.rl.algorithm if self.config.mode == "rl" else self.config.mode),
       )
 
 

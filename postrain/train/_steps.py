@@ -85,7 +85,8 @@ def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Arr
 
   batch: tokens i32[B, T], valid bool[B, T], mask f32[B, T] (response tokens), loss_mask f32[B, T]
   (mask times any token weighting, e.g. the temporal window), old_logp f32[B, T], advantages
-  f32[B] or f32[B, T], rewards f32[B], and ref_logp f32[B, T] when `spec.kl_coef > 0`.
+  f32[B] or f32[B, T], rewards f32[B], ref_logp f32[B, T] when `spec.kl_coef > 0`, and optional
+  is_weights f32[B, T] (F-TIS, ppo_clip algorithms).
   """
   logp, entropy = _forward_logp(graphdef, params, rest, batch, spec.logprob_impl)
   w = batch["loss_mask"]
@@ -117,6 +118,7 @@ def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Arr
       agg=spec.agg,
       dual_clip=spec.dual_clip,
       max_len=spec.max_len,
+      is_weights=batch.get("is_weights"),  # F-TIS capped generator->learner weights
     )
   aux = dict(aux)
   mask = batch["mask"]

@@ -14,7 +14,7 @@ import ml_collections as mlc
 
 from postrain import sharding
 
-MODES = ("sft", "rl", "opd")
+MODES = ("sft", "rl", "opd", "mopd")
 ALGORITHMS = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo", "conspo", "scrl")
 MODEL_SOURCES = ("scratch", "hf", "gguf")
 TOKENIZERS = ("sentencepiece", "hf", "gguf")
@@ -23,7 +23,9 @@ TOKENIZERS = ("sentencepiece", "hf", "gguf")
 def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
-  # "sft": supervised only; "rl": SFT warm start (if sft.steps > 0), then RL; "opd": distillation.
+  # "sft": supervised only; "rl": SFT warm start (if sft.steps > 0), then RL; "opd" / "mopd":
+  # SFT warm start, then on-policy distillation from `teacher` (settings in `distill`, sampling
+  # and step count in `rl`). See postrain/train/_distill.py.
   c.mode = "rl"
   c.log_every = 1
   c.progress_bar = True
@@ -99,6 +101,24 @@ def base_config() -> mlc.ConfigDict:
   c.rl.temporal.enabled = False
   c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
   c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
+
+  # F-TIS (arXiv 2605.22537): RL on rollouts written by another model (`python -m
+  # postrain.train.generate`), with capped IS weights and the KL filter (postrain/train/_distill.py).
+  c.rl.ftis = mlc.ConfigDict()
+  c.rl.ftis.path = ""  # an .npz of foreign rollouts; "" disables
+  c.rl.ftis.prompts_per_step = 4  # foreign groups added to each RL batch
+  c.rl.ftis.cap = 2.0
+  c.rl.ftis.kl_threshold = 50.0
+  c.rl.ftis.level = "token"  # "token" | "sequence" | "geometric"
+  c.rl.ftis.use_is = True
+  c.rl.ftis.use_filter = True
+  c.rl.ftis.kl_estimator = "k3"
+  c.rl.ftis.kl_reduce = "sum"
+
+  from postrain.train._distill import distill_config, teacher_config
+
+  c.teacher = teacher_config()
+  c.distill = distill_config()
 
   c.eval = mlc.ConfigDict()
   c.eval.every = 50
@@ -207,6 +227,9 @@ def validate(c: mlc.ConfigDict) -> None:
     c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
   )
   need(c.eval.k >= 1, "eval.k", "must be >= 1")
+  from postrain.train._distill import validate_distill
+
+  validate_distill(c, need)
   _validate_sharding(c, need)
 
 

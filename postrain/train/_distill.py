@@ -1,0 +1,491 @@
+"""On-policy distillation steps of the trainer: OPD and MOPD (modes "opd" and "mopd").
+
+Where the training states come from is the only difference between the modes (arXiv 2605.22731):
+SFT trains on dataset prefixes, RL and OPD/MOPD on the learner's own samples. One step here:
+
+  1. sample `rl.group_size` responses per prompt with the student (the RL sampler);
+  2. MOPD only: score them with the task verifier and, per rollout, build a teacher prompt from the
+     group's peers (`postrain.tasks.mopd`, arXiv 2605.12652): successes ("positive") or successes
+     plus a failure ("contrastive"); the teacher reads `teacher prompt ++ student response`, with
+     the response tokens at the same positions from the end, so token t of both sequences is the
+     same student token;
+  3. the teacher scores the student's states (no gradient);
+  4. optional teachability release (arXiv 2605.13643): teacher margin over the student's top-k,
+     sentence series (segments end at newlines and sentence punctuation), BIC change point,
+     mass-preserving weights on the kept prefix;
+  5. one optax update per minibatch of the per-token loss chosen by `distill.loss`:
+       "reverse_kl"  KL(π_s ‖ π_t) over the full vocabulary (`losses.reverse_kl_loss`)
+       "jsd"         JSD_α over the full vocabulary (`losses.jsd_loss`)
+       "topk"        JSD_α over the student's top-k ids + tail bucket (`losses.topk_jsd_loss`)
+       "pg"          sampled-token policy gradient with r_t = log π_t − log π_s (`losses.opd_pg_loss`)
+     weighted by MOPD's truncated ratio ρ_t = min(exp(log π_θ − log π_old), `distill.is_clip`)
+     (Step E; 1 at the first minibatch) and by the release weights;
+  6. EMA teacher update when `teacher.source == "ema"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from postrain import advantages, losses, models, tasks
+from postrain.train import _data, _mesh, _rollout, _teacher
+
+LOSSES = ("reverse_kl", "jsd", "topk", "pg")
+CONTEXTS = ("positive", "contrastive")
+teacher_config = _teacher.teacher_config
+
+
+def distill_config() -> mlc.ConfigDict:
+  """Defaults of `config.distill` (sampling, steps and lr come from `config.rl`)."""
+  d = mlc.ConfigDict()
+  d.loss = "reverse_kl"  # "reverse_kl", "jsd", "topk" or "pg" (see postrain/train/_distill.py)
+  d.alpha = 0.5  # JSD_α teacher weight for "jsd" / "topk" (1 = reverse KL, 0 = forward KL)
+  d.topk = 16  # "topk": number of student top ids (MOPD: 100 for real vocabularies)
+  d.tail = True  # "topk": add the tail bucket (False: renormalise over the k ids)
+  d.temperature = 1.0  # softmax temperature of both models in the divergence
+  d.agg = "token_mean"
+  d.is_clip = 2.0  # MOPD's cap of the ratio π_θ/π_old on later minibatches; 0 disables
+  # Teachability-aware release (arXiv 2605.13643).
+  d.release = False
+  d.release_k = 4
+  d.release_num_segments = 16
+  # MOPD teacher context (arXiv 2605.12652): 2 successes + 1 failure ("2S1F") by default.
+  d.context = "contrastive"  # "positive" (successes only) or "contrastive" (+ failures)
+  d.max_peers = 2
+  d.max_failures = 1
+  d.success_threshold = 0.5
+  d.peer_order = "cyclic"  # "cyclic", "index" or "random" (postrain.tasks.mopd.select_peers)
+  d.drop_no_peer = False  # True: rows without peers get no loss (MOPD code); False: plain OPD
+  d.max_teacher_prompt_len = 384  # longer teacher prompts fall back to the plain prompt
+  return d
+
+
+def validate_distill(c: mlc.ConfigDict, need) -> None:
+  """Checks of `config.teacher`, `config.distill` and `config.rl.ftis` (called by `validate`)."""
+  t, d, f = c.teacher, c.distill, c.rl.ftis
+  need(
+    t.source in _teacher.SOURCES,
+    "teacher.source",
+    f"must be one of {_teacher.SOURCES}, got {t.source!r}",
+  )
+  if c.mode in ("opd", "mopd"):
+    need(t.source != "none", "teacher.source", f"mode {c.mode!r} needs a teacher")
+  need(
+    t.source in ("none", "ema") or bool(t.path),
+    "teacher.path",
+    f"is required for teacher.source={t.source!r}",
+  )
+  need(0.0 <= t.ema_decay <= 1.0, "teacher.ema_decay", "must be in [0, 1]")
+  need(d.loss in LOSSES, "distill.loss", f"must be one of {LOSSES}, got {d.loss!r}")
+  need(0.0 <= d.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
+  need(d.topk >= 1, "distill.topk", "must be >= 1")
+  need(d.temperature > 0, "distill.temperature", "must be > 0")
+  need(d.is_clip == 0 or d.is_clip >= 1, "distill.is_clip", "must be 0 (off) or >= 1")
+  need(d.release_k >= 2, "distill.release_k", "must be >= 2")
+  need(d.release_num_segments >= 1, "distill.release_num_segments", "must be >= 1")
+  need(d.context in CONTEXTS, "distill.context", f"must be one of {CONTEXTS}, got {d.context!r}")
+  need(d.max_peers >= 0 and d.max_failures >= 0, "distill.max_peers", "counts must be >= 0")
+  need(d.peer_order in tasks.mopd.ORDERS, "distill.peer_order", f"must be in {tasks.mopd.ORDERS}")
+  need(d.max_teacher_prompt_len >= 1, "distill.max_teacher_prompt_len", "must be >= 1")
+  if f.path:
+    need(c.mode == "rl", "rl.ftis.path", "foreign rollouts are used by mode 'rl' only")
+    need(
+      c.rl.algorithm not in ("cispo", "conspo", "scrl"),
+      "rl.ftis.path",
+      "F-TIS needs a ppo_clip algorithm (grpo, dapo, dr_grpo, gspo, gspo_token)",
+    )
+    need(f.prompts_per_step >= 1, "rl.ftis.prompts_per_step", "must be >= 1")
+    need(f.cap > 0, "rl.ftis.cap", "must be > 0")
+    groups = c.rl.prompts_per_step + f.prompts_per_step
+    need(
+      groups % c.rl.updates_per_batch == 0,
+      "rl.updates_per_batch",
+      f"must divide the {groups} groups of an F-TIS batch (own + foreign)",
+    )
+
+
+# ----------------------------------------------------------------------------------- jitted math
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSpec:
+  """Static settings of the distillation loss (hashable: part of the jit cache key)."""
+
+  loss: str
+  alpha: float
+  topk: int
+  tail: bool
+  temperature: float
+  agg: str
+  is_clip: float
+
+
+def response_logits(model: nnx.Module, tokens: jax.Array, valid: jax.Array, resp_len: int):
+  """Logits f32[B, R, V] predicting the last `resp_len` columns of `tokens` (i32[B, T]).
+
+  The hidden state at column c scores token c + 1, so columns T-R-1 .. T-2 give the R responses.
+  """
+  hidden, _ = model(tokens, models.positions_from_valid(valid), valid=valid)
+  t = tokens.shape[1]
+  return model.logits(hidden[:, t - resp_len - 1 : t - 1])
+
+
+def _gather(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """log softmax(logits / τ) at `ids`, f32[B, R]."""
+  return losses.topk_logprobs(logits, ids[..., None], temperature=temperature)[..., 0]
+
+
+def distill_loss(params, graphdef, rest, batch: dict[str, jax.Array], spec: DistillSpec):
+  """Per-token distillation loss of one minibatch.
+
+  batch: tokens i32[B, T], valid bool[B, T], targets i32[B, R] (the response tokens), mask
+  f32[B, R], weights f32[B, R] (release × sample mask, constant), old_logp f32[B, R], and either
+  teacher_logits f32[B, R, V] or (loss "pg") teacher_logp f32[B, R].
+  """
+  model = nnx.merge(graphdef, params, rest)
+  resp_len = batch["targets"].shape[1]
+  logits = response_logits(model, batch["tokens"], batch["valid"], resp_len)
+  mask = batch["mask"]
+  logp = _gather(logits, batch["targets"])
+  w = batch["weights"]
+  if spec.is_clip > 0:
+    log_ratio = jnp.clip(jax.lax.stop_gradient(logp) - batch["old_logp"], -20.0, 20.0)
+    w = w * jnp.minimum(jnp.exp(log_ratio), spec.is_clip) * mask
+  kw = dict(agg=spec.agg, token_weights=jax.lax.stop_gradient(w))
+  if spec.loss == "pg":
+    loss, aux = losses.opd_pg_loss(logp, batch["teacher_logp"], mask, **kw)
+  elif spec.loss == "topk":
+    loss, aux = losses.topk_jsd_loss(
+      logits,
+      batch["teacher_logits"],
+      mask,
+      k=spec.topk,
+      alpha=spec.alpha,
+      tail=spec.tail,
+      temperature=spec.temperature,
+      **kw,
+    )
+  else:
+    alpha = 1.0 if spec.loss == "reverse_kl" else spec.alpha
+    loss, aux = losses.jsd_loss(
+      logits, batch["teacher_logits"], mask, alpha=alpha, temperature=spec.temperature, **kw
+    )
+  aux = dict(aux, loss=loss)
+  if "teacher_logits" in batch:  # the full-vocabulary reverse KL, whatever the loss trains
+    kl = losses.full_vocab_divergence(logits, batch["teacher_logits"], alpha=1.0)
+    aux["reverse_kl"] = losses.aggregate(jax.lax.stop_gradient(kl), mask, agg="token_mean")
+  aux.pop("num_tokens", None)
+  return loss, aux
+
+
+def make_teacher_fn(
+  t_graphdef,
+  t_rest,
+  s_graphdef,
+  s_rest,
+  *,
+  student_vocab: int,
+  full_logits: bool,
+  release_k: int,
+  vocab_map,
+):
+  """Jitted teacher pass: (t_params, t_tokens, t_valid, s_params, s_tokens, s_valid, targets) ->
+  {"teacher_logits" f32[B, R, V_s] or "teacher_logp" f32[B, R]} (+ "margin" f32[B, R] when
+  release_k > 0, the teacher's best-two gap over the student's top-k ids)."""
+  vmap = None if vocab_map is None else jnp.asarray(vocab_map, jnp.int32)
+
+  @jax.jit
+  def fn(t_params, t_tokens, t_valid, s_params, s_tokens, s_valid, targets):
+    teacher = nnx.merge(t_graphdef, t_params, t_rest)
+    resp_len = targets.shape[1]
+    if vmap is not None:  # the teacher reads its own ids; its logits come back on the student's
+      t_tokens = vmap[t_tokens]
+    t_logits = response_logits(teacher, t_tokens, t_valid, resp_len)
+    t_logits = losses.match_vocab(
+      jax.ShapeDtypeStruct((1, 1, student_vocab), jnp.float32), t_logits, student_to_teacher=vmap
+    )
+    out = {}
+    if full_logits:
+      out["teacher_logits"] = t_logits
+    else:
+      out["teacher_logp"] = _gather(t_logits, targets)
+    if release_k:
+      student = nnx.merge(s_graphdef, s_params, s_rest)
+      s_logits = response_logits(student, s_tokens, s_valid, resp_len)
+      out["margin"] = advantages.teacher_margin(s_logits, t_logits, k=release_k)
+    return out
+
+  return fn
+
+
+# ------------------------------------------------------------------------------------ host side
+
+
+_BREAKS = (".", "!", "?")
+
+
+def segment_ids(tokens: np.ndarray, mask: np.ndarray, tokenizer: Any, num_segments: int):
+  """Sentence index i32[B, R] of each response token (-1 off the mask), for the release rule.
+
+  A segment ends after a token whose text contains a newline or ends with . ! ? (the paper uses
+  NLTK sentences; the toy tasks' solutions are one equation per line). Indices are capped at
+  `num_segments - 1`, so a long tail shares the last segment.
+  """
+  cache: dict[int, bool] = {}
+  out = np.full(tokens.shape, -1, np.int32)
+  for b in range(tokens.shape[0]):
+    seg = 0
+    for t in range(tokens.shape[1]):
+      if not mask[b, t]:
+        continue
+      out[b, t] = min(seg, num_segments - 1)
+      tok = int(tokens[b, t])
+      if tok not in cache:
+        text = tokenizer.decode([tok])
+        cache[tok] = "\n" in text or text.rstrip().endswith(_BREAKS)
+      seg += cache[tok]
+  return out
+
+
+def mopd_teacher_prompts(
+  data: _data.TaskData,
+  problems: list[tasks.Problem],
+  texts: list[str],
+  rewards: np.ndarray,
+  *,
+  group_size: int,
+  d: mlc.ConfigDict,
+  seed: int,
+) -> tuple[list[list[int]], np.ndarray, int]:
+  """Token ids of each rollout's teacher prompt (MOPD Step B), whether it has peers, and how many
+  prompts fell back to the plain prompt for exceeding `d.max_teacher_prompt_len`.
+
+  The peer blocks go into the question text, which is then formatted exactly like the student's
+  prompt (plain "Question: ...\\nAnswer:" or the chat template), so a row without peers gets the
+  student's own prompt: MOPD without peers is plain OPD.
+  """
+  questions = [p.question for p in problems]
+  teacher_q = tasks.mopd.build_batch_teacher_prompts(
+    questions,
+    texts,
+    [float(r) for r in rewards],
+    group_size=group_size,
+    mode=d.context,
+    max_peers=d.max_peers,
+    max_failures=d.max_failures,
+    success_threshold=d.success_threshold,
+    order=d.peer_order,
+    seed=seed,
+  )
+  ids, has_peer, truncated = [], np.zeros(len(texts), bool), 0
+  for i, q in enumerate(teacher_q):
+    plain = questions[i // group_size]
+    row = data.encode_prompt(
+      tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
+    )
+    if q != plain and len(row) > d.max_teacher_prompt_len:
+      truncated += 1
+      q = plain
+      row = data.encode_prompt(
+        tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
+      )
+    has_peer[i] = q != plain
+    ids.append(row)
+  return ids, has_peer, truncated
+
+
+def teacher_layout(
+  prompts: list[list[int]], response: np.ndarray, response_valid: np.ndarray, *, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """`left-padded teacher prompt ++ student response` (i32[B, W + R], bool[B, W + R]).
+
+  W is the longest prompt rounded up to a multiple of 32 (fewer recompilations); the response
+  occupies the last R columns, as in the student's sequence.
+  """
+  b, r = response.shape
+  width = -(-max(len(p) for p in prompts) // 32) * 32
+  tokens = np.full((b, width + r), pad_id, np.int32)
+  valid = np.zeros((b, width + r), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, width - len(p) : width] = p
+    valid[i, width - len(p) : width] = True
+  tokens[:, width:] = response
+  valid[:, width:] = response_valid
+  return tokens, valid
+
+
+class Distiller:
+  """The teacher and the OPD / MOPD step of a `Trainer` (created by it for modes opd / mopd)."""
+
+  def __init__(self, trainer: Any):
+    from postrain.train import _steps
+
+    cfg = trainer.config
+    self.config, t, d = cfg, cfg.teacher, cfg.distill
+    student = nnx.merge(trainer.graphdef, trainer.params, trainer.rest)
+    student_vocab = int(student.cfg.vocab_size)
+    self.ema = t.source == "ema"
+    self.info: dict[str, Any] = {}
+    if self.ema:
+      self.t_graphdef, self.t_rest, vmap = trainer.graphdef, trainer.rest, None
+      self.teacher_params = jax.tree.map(jnp.copy, trainer.params)
+      self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay))
+    else:
+      model, vmap, self.info = _teacher.build_teacher(cfg, student_vocab=student_vocab)
+      self.t_graphdef, self.teacher_params, self.t_rest = nnx.split(model, nnx.Param, ...)
+    self.spec = DistillSpec(
+      loss=d.loss,
+      alpha=float(d.alpha),
+      topk=int(d.topk),
+      tail=bool(d.tail),
+      temperature=float(d.temperature),
+      agg=d.agg,
+      is_clip=float(d.is_clip),
+    )
+    if d.loss == "topk" and d.topk > student_vocab:
+      raise ValueError(f"config.distill.topk={d.topk} exceeds the vocabulary ({student_vocab})")
+    p_sh = trainer.param_shardings
+    self.update = trainer.mesh.shard_update(
+      _steps.make_update(
+        lambda p, g, r, b: distill_loss(p, g, r, b, self.spec),
+        trainer.rl_tx,
+        trainer.graphdef,
+        trainer.rest,
+      ),
+      p_sh,
+      trainer.mesh.opt_shardings(trainer.rl_tx, trainer.params, p_sh),
+    )
+    self.teacher_fn = make_teacher_fn(
+      self.t_graphdef,
+      self.t_rest,
+      trainer.graphdef,
+      trainer.rest,
+      student_vocab=student_vocab,
+      full_logits=d.loss != "pg",
+      release_k=int(d.release_k) if d.release else 0,
+      vocab_map=vmap,
+    )
+
+  def state(self) -> dict[str, Any]:
+    return {"teacher_params": self.teacher_params} if self.ema else {}
+
+  def restore(self, state: dict[str, Any]) -> None:
+    if self.ema:
+      self.teacher_params = state["teacher_params"]
+
+  def enter(self, params: Any) -> None:
+    """Start of distillation: the EMA teacher starts as a copy of the (SFT-trained) student."""
+    if self.ema:
+      self.teacher_params = jax.tree.map(jnp.copy, params)
+
+  def step(self, tr: Any) -> dict[str, float]:
+    """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics."""
+    cfg, rl = self.config, self.config.rl
+    problems = _data.step_problems(
+      tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
+    )
+    tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
+    key = jax.random.fold_in(tr.base_key, tr.step)
+    out, texts, sample_s = _rollout.generate(
+      tr.sampler,
+      tr.data,
+      tr.data.encode_prompts(problems),
+      key=key,
+      n=rl.group_size,
+      max_new_tokens=rl.max_new_tokens,
+      temperature=rl.temperature,
+      top_k=rl.top_k,
+      top_p=rl.top_p,
+    )
+    rewards, vstats = _rollout.score(
+      tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
+    )
+    batch, metrics = self.make_batch(tr, out, texts, problems, rewards)
+    batch = _mesh.as_numpy(batch)  # host rows; each process places its own (tr.mesh.from_host)
+    start = time.perf_counter()
+    rows = out.tokens.shape[0] // rl.updates_per_batch
+    auxes = []
+    for i in range(rl.updates_per_batch):
+      mb = tr.mesh.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
+      tr.params, tr.opt_state, aux = self.update(tr.params, tr.opt_state, mb)
+      if self.ema:
+        self.teacher_params = self.ema_update(self.teacher_params, tr.params)
+      auxes.append(aux)
+    auxes = tr.mesh.to_host(auxes)
+    update_s = time.perf_counter() - start
+    for name in auxes[0]:
+      metrics[name] = float(np.mean([a[name] for a in auxes]))
+    metrics.update(
+      reward_mean=float(np.mean(rewards)),
+      accuracy=float(np.mean(rewards > 0.5)),
+      response_len=float(np.mean(np.asarray(out.lengths))),
+      sample_tokens_per_s=float(np.asarray(out.lengths).sum()) / sample_s,
+      train_tokens_per_s=float(np.asarray(out.valid).sum()) / update_s,
+      verifier_timeouts=float(vstats.timeouts),
+      verifier_errors=float(vstats.errors),
+    )
+    return metrics
+
+  def make_batch(
+    self, tr: Any, out: Any, texts: list[str], problems: list[tasks.Problem], rewards: np.ndarray
+  ) -> tuple[dict[str, jax.Array], dict[str, float]]:
+    """The update batch of a rollout: student sequences, targets, teacher outputs and weights."""
+    cfg, d = self.config, self.config.distill
+    resp_len = cfg.rl.max_new_tokens
+    tokens, valid = np.asarray(out.tokens), np.asarray(out.valid)
+    targets = tokens[:, -resp_len:]
+    mask = np.asarray(out.response_mask[:, -resp_len:], np.float32)
+    weights = np.ones_like(mask)
+    metrics: dict[str, float] = {}
+    if cfg.mode == "mopd":
+      t_prompts, has_peer, truncated = mopd_teacher_prompts(
+        tr.data,
+        problems,
+        texts,
+        rewards,
+        group_size=cfg.rl.group_size,
+        d=d,
+        seed=cfg.seed * 100_003 + tr.step,
+      )
+      t_tokens, t_valid = teacher_layout(
+        t_prompts, targets, valid[:, -resp_len:], pad_id=max(tr.data.tokenizer.pad_id, 0)
+      )
+      if d.drop_no_peer:
+        weights = weights * has_peer[:, None]
+      metrics.update(
+        peer_frac=float(np.mean(has_peer)),
+        teacher_prompt_len=float(np.mean([len(p) for p in t_prompts])),
+        teacher_prompt_truncated=float(truncated),
+      )
+    else:
+      t_tokens, t_valid = tokens, valid
+    tout = self.teacher_fn(
+      self.teacher_params, t_tokens, t_valid, tr.params, tokens, valid, targets
+    )
+    if d.release:
+      n_seg = int(d.release_num_segments)
+      seg = segment_ids(targets, mask, tr.data.tokenizer, n_seg)
+      keep, info = advantages.teachability_release(
+        tout.pop("margin"), jnp.asarray(seg), jnp.asarray(mask), num_segments=n_seg
+      )
+      weights = weights * np.asarray(advantages.release_weights(keep, jnp.asarray(mask)))
+      kept = float(np.sum(np.asarray(keep) * mask) / max(mask.sum(), 1.0))
+      metrics.update(release_frac=float(np.mean(np.asarray(info["release"]))), release_kept=kept)
+    batch = {
+      "tokens": jnp.asarray(tokens),
+      "valid": jnp.asarray(valid),
+      "targets": jnp.asarray(targets),
+      "mask": jnp.asarray(mask),
+      "weights": jnp.asarray(weights, jnp.float32),
+      "old_logp": jnp.asarray(out.model_logp[:, -resp_len:], jnp.float32),
+      **tout,
+    }
+    return batch, metrics

@@ -1,0 +1,204 @@
+"""F-TIS ingestion: RL on rollouts written by another model (arXiv 2605.22537).
+
+A generator run writes rollouts (`write_rollouts`, or `python -m postrain.train.generate`): the
+sampler's left-padded `prompt ++ response` tokens, the generator's per-token log-probs of what it
+sampled, and the verifier rewards, in groups of `group_size`. A learner with
+`config.rl.ftis.path` set adds `rl.ftis.prompts_per_step` of these groups to every RL batch:
+
+  A_i      = group-normalised reward inside the generator's group (as at the generator)
+  ρ̄_{i,t}  = sg[min(π_θ(y_t) / π_gen(y_t), C)]                     (`advantages.ftis_correction`)
+  Â_i      = 0 if A_i < 0 and KL_i(π_θ ‖ π_gen) >= g, else A_i       (the KL filter)
+  loss     = ppo_clip(logp, old_logp = log π_θ at the start of the step, Â, mask, is_weights=ρ̄)
+
+The learner's own samples go through the same loss with π_gen = π_θ (ρ̄ = 1, nothing filtered).
+ρ̄ and the filter are computed once per batch with the parameters before the step's first update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from postrain import advantages
+
+_ARRAYS = ("tokens", "valid", "response_mask", "generator_logp", "rewards")
+
+
+def write_rollouts(
+  path: str,
+  out: Any,
+  rewards: np.ndarray,
+  *,
+  group_size: int,
+  max_new_tokens: int,
+  vocab_size: int,
+  problem_ids: list[str] | None = None,
+  generator: str = "",
+) -> None:
+  """Writes a sampler output (`postrain.sampling.SampleOutput`) and its rewards as an .npz.
+
+  The generator log-probs are `out.sample_logp`, the log-probs of the distribution actually
+  sampled from (after temperature / top-k / top-p): the behaviour policy of the importance weights.
+  """
+  tokens = np.asarray(out.tokens)
+  if tokens.shape[0] % group_size:
+    raise ValueError(f"`group_size`={group_size} does not divide the {tokens.shape[0]} rollouts.")
+  np.savez(
+    path,
+    tokens=tokens.astype(np.int32),
+    valid=np.asarray(out.valid, bool),
+    response_mask=np.asarray(out.response_mask, np.float32),
+    generator_logp=np.asarray(out.sample_logp, np.float32),
+    rewards=np.asarray(rewards, np.float32),
+    group_size=np.int32(group_size),
+    max_new_tokens=np.int32(max_new_tokens),
+    vocab_size=np.int32(vocab_size),
+    problem_ids=np.asarray(problem_ids or [], dtype=str),
+    generator=np.asarray(generator),
+  )
+
+
+def load_rollouts(path: str) -> dict[str, np.ndarray]:
+  """Reads and checks an .npz written by `write_rollouts`."""
+  with np.load(path) as f:
+    data = {k: f[k] for k in f.files}
+  missing = [k for k in (*_ARRAYS, "group_size", "max_new_tokens", "vocab_size") if k not in data]
+  if missing:
+    raise ValueError(f"config.rl.ftis.path: {path!r} lacks {missing}; write it with write_rollouts")
+  b, t = data["tokens"].shape
+  for k in _ARRAYS[1:4]:
+    if data[k].shape != (b, t):
+      raise ValueError(f"config.rl.ftis.path: {k} has shape {data[k].shape}, tokens {(b, t)}")
+  if data["rewards"].shape != (b,):
+    raise ValueError(f"config.rl.ftis.path: rewards has shape {data['rewards'].shape}, want {(b,)}")
+  return data
+
+
+def realign(x: np.ndarray, resp_len: int, prompt_width: int, new_resp_len: int, fill: Any = 0):
+  """Moves [B, Tp + R] sampler-layout arrays to prompt width `prompt_width` (left padding) and
+  response length `new_resp_len` (right padding)."""
+  tp = x.shape[1] - resp_len
+  return np.pad(
+    np.asarray(x),
+    ((0, 0), (prompt_width - tp, new_resp_len - resp_len)),
+    constant_values=fill,
+  )
+
+
+def ftis_batch(
+  rollouts: dict[str, np.ndarray],
+  learner_logp: jnp.ndarray,
+  *,
+  group_size: int,
+  adv_scale: str,
+  ftis: Any,
+) -> tuple[dict[str, jnp.ndarray], dict[str, float]]:
+  """The RL batch of foreign rollouts (already aligned): F-TIS advantages and IS weights.
+
+  Args:
+    rollouts: tokens, valid, response_mask, generator_logp ([B, T]) and rewards [B].
+    learner_logp: f32[B, T] the learner's log-probs of the tokens (before the update).
+    group_size, adv_scale: the generator's groups and the advantage scaling.
+    ftis: `config.rl.ftis` (cap, kl_threshold, level, use_is, use_filter, kl_estimator, kl_reduce).
+  """
+  mask = jnp.asarray(rollouts["response_mask"], jnp.float32)
+  rewards = jnp.asarray(rollouts["rewards"], jnp.float32)
+  adv = advantages.group_normalized(rewards, group_size=group_size, scale=adv_scale)
+  res = advantages.ftis_correction(
+    learner_logp,
+    jnp.asarray(rollouts["generator_logp"], jnp.float32),
+    adv,
+    mask,
+    cap=ftis.cap,
+    kl_threshold=ftis.kl_threshold,
+    level=ftis.level,
+    use_is=ftis.use_is,
+    use_filter=ftis.use_filter,
+    kl_estimator=ftis.kl_estimator,
+    kl_reduce=ftis.kl_reduce,
+  )
+  batch = {
+    "tokens": jnp.asarray(rollouts["tokens"]),
+    "valid": jnp.asarray(rollouts["valid"]),
+    "mask": mask,
+    "loss_mask": mask,
+    "old_logp": learner_logp,
+    "advantages": res.advantages,
+    "rewards": rewards,
+    "is_weights": res.is_weights,
+  }
+  metrics = {f"ftis_{k}": float(v) for k, v in res.metrics.items()}
+  metrics["ftis_reward_mean"] = float(jnp.mean(rewards))
+  return batch, metrics
+
+
+class ForeignRollouts:
+  """Adds foreign groups to a `Trainer`'s RL batches (created by it when rl.ftis.path is set)."""
+
+  def __init__(self, trainer: Any):
+    cfg = trainer.config
+    self.trainer, self.rl = trainer, cfg.rl
+    self.data = load_rollouts(cfg.rl.ftis.path)
+    g, r = int(self.data["group_size"]), int(self.data["max_new_tokens"])
+    if g != cfg.rl.group_size:
+      raise ValueError(
+        f"config.rl.ftis.path: rollouts have group_size {g}, rl.group_size is {cfg.rl.group_size}"
+      )
+    if r > cfg.rl.max_new_tokens:
+      raise ValueError(
+        f"config.rl.ftis.path: rollouts have {r} new tokens > rl.max_new_tokens "
+        f"{cfg.rl.max_new_tokens}"
+      )
+    vocab = int(self.data["vocab_size"])
+    if vocab != trainer.data.tokenizer.vocab_size:
+      raise ValueError(
+        f"config.rl.ftis.path: rollouts use a vocabulary of {vocab} tokens, the learner "
+        f"{trainer.data.tokenizer.vocab_size}"
+      )
+    self.resp_len = r
+    self.num_groups = self.data["tokens"].shape[0] // g
+
+  def rows(self, rl_step: int) -> np.ndarray:
+    """Rows of this step's foreign groups (a deterministic function of the step)."""
+    n, g = self.rl.ftis.prompts_per_step, self.rl.group_size
+    groups = (rl_step * n + np.arange(n)) % self.num_groups
+    return (groups[:, None] * g + np.arange(g)[None, :]).reshape(-1)
+
+  def extend(self, batch: dict[str, Any], rl_step: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Own RL batch (sampler layout) + this step's foreign groups, aligned, with F-TIS weights."""
+    tr, rl = self.trainer, self.rl
+    pad = max(tr.data.tokenizer.pad_id, 0)
+    resp = rl.max_new_tokens
+    own_tp = batch["tokens"].shape[1] - resp
+    foreign_tp = self.data["tokens"].shape[1] - self.resp_len
+    width = max(own_tp, foreign_tp)
+    idx = self.rows(rl_step)
+    fills = {"tokens": pad, "valid": False}
+    foreign = {
+      k: realign(self.data[k][idx], self.resp_len, width, resp, fills.get(k, 0))
+      for k in _ARRAYS[:4]
+    }
+    foreign["rewards"] = self.data["rewards"][idx]
+    learner_logp = tr.ref_logprobs(
+      tr.params,
+      jnp.asarray(foreign["tokens"]),
+      jnp.asarray(foreign["response_mask"]),
+      jnp.asarray(foreign["valid"]),
+    )
+    fb, metrics = ftis_batch(
+      foreign, learner_logp, group_size=rl.group_size, adv_scale=rl.adv_scale, ftis=rl.ftis
+    )
+    own = {}
+    for k, v in batch.items():
+      v = np.asarray(v)
+      if v.ndim == 2 and v.shape[1] == own_tp + resp:
+        v = realign(v, resp, width, resp, fills.get(k, 0))
+      own[k] = jnp.asarray(v)
+    own["is_weights"] = own["mask"]  # generator = learner: ρ̄ = 1 on response tokens
+    if set(own) != set(fb):
+      missing = sorted(set(own) ^ set(fb))
+      raise ValueError(f"rl.ftis: cannot merge batches with fields {missing}")
+    merged = {k: jnp.concatenate([own[k], fb[k].astype(own[k].dtype)], axis=0) for k in own}
+    return merged, metrics
