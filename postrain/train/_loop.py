@@ -23,7 +23,7 @@ from flax import nnx
 
 from postrain import losses, models
 from postrain.sampling import Sampler
-from postrain.train import _checkpoint, _data, _metrics, _rollout, _scrl, _steps
+from postrain.train import _checkpoint, _data, _metrics, _rollout, _scrl, _smepo, _steps
 from postrain.train.config import validate
 
 _LOG = logging.getLogger(__name__)
@@ -199,6 +199,17 @@ class Trainer:
       prompts, n = _scrl.interleaved_prompts(self.data, problems, chains), rl.group_size // 2
     else:
       prompts, n = self.data.encode_prompts(problems), rl.group_size
+    smepo_metrics = {}
+    if rl.smepo.enabled:  # SMEPO: masked expert traces in front of some prompts; nothing else
+      prompts, smepo_metrics = _smepo.guide_prompts(
+        self.data,
+        problems,
+        prompts,
+        cfg=rl.smepo,
+        seed=cfg.seed,
+        step=self.step,
+        max_prompt_len=rl.cache_size - rl.max_new_tokens,
+      )
     out, texts, sample_s = _rollout.generate(
       self.sampler,
       self.data,
@@ -245,6 +256,7 @@ class Trainer:
       verifier_errors=float(vstats.errors),
       margin=float(margin),
     )
+    metrics.update(smepo_metrics)
     return metrics
 
   def evaluate(self) -> dict[str, float]:

@@ -97,6 +97,12 @@ def base_config() -> mlc.ConfigDict:
   c.rl.temporal.enabled = False
   c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
   c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
+  # SMEPO (arXiv 2605.25198): masked expert traces in front of a fraction of the RL prompts.
+  c.rl.smepo = mlc.ConfigDict()
+  c.rl.smepo.enabled = False
+  c.rl.smepo.fraction = 1.0  # of each step's prompts (the paper's code guides all of them)
+  c.rl.smepo.template = "auto"  # or a format string with {prompt} and {trace}
+  c.rl.smepo.prefix_ratio = 1.0  # share of the masked trace shown
 
   c.eval = mlc.ConfigDict()
   c.eval.every = 50
@@ -192,6 +198,14 @@ def validate(c: mlc.ConfigDict) -> None:
     c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
   )
   need(c.eval.k >= 1, "eval.k", "must be >= 1")
+  need(0 <= c.rl.smepo.fraction <= 1, "rl.smepo.fraction", "must be in [0, 1]")
+  need(0 <= c.rl.smepo.prefix_ratio <= 1, "rl.smepo.prefix_ratio", "must be in [0, 1]")
+  need(
+    c.rl.smepo.template == "auto"
+    or ("{prompt}" in c.rl.smepo.template and "{trace}" in c.rl.smepo.template),
+    "rl.smepo.template",
+    "must be 'auto' or contain the fields {prompt} and {trace}",
+  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
