@@ -93,3 +93,21 @@ def test_end_to_end_run_writes_metrics(tmp_path, gate):
   assert os.listdir(tmp_path / "tensorboard")
   assert (tmp_path / "selfplay.png").exists()
   assert (tmp_path / "checkpoints" / "2").exists()
+
+
+@pytest.mark.parametrize("name", ["select_hes.py", "selfplay_dsl.py"])
+def test_entry_point_configs_build_validate_and_lock(name):
+
+  from postrain import select
+
+  path = os.path.join(REPO, "configs", name)
+  c = load_config_file(path)
+  if name.startswith("select"):
+    c.checkpoint = "runs/x"  # required; everything else has a usable default
+    select.validate(c)
+  else:
+    sp.validate(c)
+  c.lock()
+  with pytest.raises(AttributeError):
+    c.not_a_key = 1
+  assert f"--config configs/{name}" in open(path).read()
