@@ -35,6 +35,7 @@ from postrain.train import (
   _metrics,
   _rollout,
   _scrl,
+  _smepo,
   _steps,
   _teacher,
 )
@@ -253,6 +254,17 @@ class Trainer:
       prompts, n = _scrl.interleaved_prompts(self.data, problems, chains), rl.group_size // 2
     else:
       prompts, n = self.data.encode_prompts(problems), rl.group_size
+    smepo_metrics = {}
+    if rl.smepo.enabled:  # SMEPO: masked expert traces in front of some prompts; nothing else
+      prompts, smepo_metrics = _smepo.guide_prompts(
+        self.data,
+        problems,
+        prompts,
+        cfg=rl.smepo,
+        seed=cfg.seed,
+        step=self.step,
+        max_prompt_len=rl.cache_size - rl.max_new_tokens,
+      )
     out, texts, sample_s = _rollout.generate(
       self.sampler,
       self.data,
@@ -306,6 +318,7 @@ class Trainer:
       verifier_errors=float(vstats.errors),
       margin=float(margin),
     )
+    metrics.update(smepo_metrics)
     return metrics
 
   def evaluate(self) -> dict[str, float]:

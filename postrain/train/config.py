@@ -101,6 +101,12 @@ def base_config() -> mlc.ConfigDict:
   c.rl.temporal.enabled = False
   c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
   c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
+  # SMEPO (arXiv 2605.25198): masked expert traces in front of a fraction of the RL prompts.
+  c.rl.smepo = mlc.ConfigDict()
+  c.rl.smepo.enabled = False
+  c.rl.smepo.fraction = 1.0  # of each step's prompts (the paper's code guides all of them)
+  c.rl.smepo.template = "auto"  # or a format string with {prompt} and {trace}
+  c.rl.smepo.prefix_ratio = 1.0  # share of the masked trace shown
 
   # F-TIS (arXiv 2605.22537): RL on rollouts written by another model (`python -m
   # postrain.train.generate`), with capped IS weights and the KL filter (postrain/train/_distill.py).
@@ -274,6 +280,14 @@ def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:
   d = c.distributed
   need(d.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0: from the environment)")
   need(d.process_id >= -1, "distributed.process_id", "must be >= 0, or -1 (from the environment)")
+  need(0 <= c.rl.smepo.fraction <= 1, "rl.smepo.fraction", "must be in [0, 1]")
+  need(0 <= c.rl.smepo.prefix_ratio <= 1, "rl.smepo.prefix_ratio", "must be in [0, 1]")
+  need(
+    c.rl.smepo.template == "auto"
+    or ("{prompt}" in c.rl.smepo.template and "{trace}" in c.rl.smepo.template),
+    "rl.smepo.template",
+    "must be 'auto' or contain the fields {prompt} and {trace}",
+  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:

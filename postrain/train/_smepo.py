@@ -1,0 +1,93 @@
+"""SMEPO as a trainer option (arXiv 2605.25198): a masked expert trace in front of RL prompts.
+
+With `config.rl.smepo.enabled`, a seeded `fraction` of each step's prompts get the task's
+reference solution (the SFT target, `tasks.reference_solution`) with its reward-relevant spans
+masked (`tasks.smepo.mask_trace`: answers -> [ANSWER], numbers -> [NUMBER], code -> [CODE]) in
+front of the policy. Only the prompt changes: rewards, advantages and the loss are those of the
+configured algorithm, and evaluation uses the plain prompts (as the paper's code does).
+
+A trace is not used (the prompt stays plain, and the step's metrics count it) when the problem
+has no reference solution, when `tasks.smepo.check_answer_leak` finds the answer in the masked
+trace, or when the guided prompt would not leave room for `rl.max_new_tokens` in the cache.
+
+Templates (`rl.smepo.template`): "auto" picks the paper's chat template (the trace as an earlier
+assistant turn, `tasks.smepo.DEFAULT_TEMPLATE`) for chat prompts, and `PLAIN_TEMPLATE` (the trace
+before the plain "Question: ... Answer:" prompt, so the prompt still ends where an SFT-trained
+model starts its solution) for plain prompts; any other string is a template with the fields
+{prompt} and {trace}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections as mlc
+import numpy as np
+
+from postrain import tasks
+from postrain.tasks import smepo
+from postrain.train._data import TaskData
+
+PLAIN_TEMPLATE = "Here is an example solution:\n{trace}\n\n{prompt}"
+
+
+def template_for(data: TaskData, template: str) -> str:
+  """The guided-prompt template of `rl.smepo.template` ("auto" or a format string)."""
+  if template != "auto":
+    return template
+  return smepo.DEFAULT_TEMPLATE if data.chat_template is not None else PLAIN_TEMPLATE
+
+
+def guided_text(data: TaskData, problem: tasks.Problem, cfg: mlc.ConfigDict) -> tuple[str, str]:
+  """(guided prompt text, reason): reason is "ok", "no_trace" or "leak" (text is then plain)."""
+  prompt = data.prompt(problem)
+  trace = tasks.reference_solution(problem)
+  if trace is None:
+    return prompt, "no_trace"
+  masked, report = smepo.mask_and_check(trace, problem.answer)
+  if report.leaks:
+    return prompt, "leak"
+  text = smepo.guided_prompt(
+    prompt, masked, template=template_for(data, cfg.template), prefix_ratio=cfg.prefix_ratio
+  )
+  return text, "ok"
+
+
+def guide_prompts(
+  data: TaskData,
+  problems: list[tasks.Problem],
+  prompts: list[list[int]],
+  *,
+  cfg: mlc.ConfigDict,
+  seed: int,
+  step: int,
+  max_prompt_len: int,
+) -> tuple[list[list[int]], dict[str, float]]:
+  """Replaces a seeded `cfg.fraction` of `prompts` (token ids, one per problem) by guided ones.
+
+  The chosen prompts are a function of (seed, step), so a resumed run guides the same ones.
+  Returns the new prompt list and metrics: "smepo/guided_frac" (prompts actually guided),
+  "smepo/leak_rejected", "smepo/no_trace", "smepo/too_long" (counts of chosen prompts left plain).
+  """
+  n = len(problems)
+  k = min(n, int(np.floor(cfg.fraction * n + 0.5)))
+  rng = np.random.default_rng([seed, step, 0x53E9])
+  chosen = sorted(rng.choice(n, size=k, replace=False).tolist()) if k else []
+  out = list(prompts)
+  counts = {"ok": 0, "leak": 0, "no_trace": 0, "too_long": 0}
+  for i in chosen:
+    text, reason = guided_text(data, problems[i], cfg)
+    if reason == "ok":
+      ids = data.encode_prompt(text)
+      if len(ids) > max_prompt_len:
+        reason = "too_long"
+      else:
+        out[i] = ids
+    counts[reason] += 1
+  metrics: dict[str, Any] = {
+    "smepo/guided_frac": counts["ok"] / max(n, 1),
+    "smepo/leak_rejected": float(counts["leak"]),
+    "smepo/no_trace": float(counts["no_trace"]),
+    "smepo/too_long": float(counts["too_long"]),
+  }
+  return out, metrics
