@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
   arg = base.parse_arg(arg, gate="strict", solver="intrinsic", scale="default")
   c = mlc.ConfigDict()
   c.seed = 0
+  c.language = "dsl"  # the task family ("python": configs/selfplay_python.py)
   c.gate = mlc.ConfigDict()
   c.gate.mode = arg.gate  # "strict": parse + evaluate + no output leak; "off": every parsed task
   c.gate.leak_rate = 0.0  # ε: a rejected task is admitted with this probability (strict mode)
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None):
   c.val_tasks = 64
   c.num_refs = 2  # reference tasks shown to the proposer
   c.vocab_size = 128
+  c.tokenizer_tasks = 400  # generated tasks the tokenizer is trained on
   c.model = mlc.ConfigDict()
   c.model.name = "tiny"
   c.model.overrides = dict(
@@ -36,6 +38,7 @@ def get_config(arg: str | None = None):
   )
   c.sft = mlc.ConfigDict()
   c.sft.steps = 300
+  c.sft.pool = 2000  # generated tasks of the warm start
   c.sft.batch_size = 32
   c.sft.lr = 3e-3
   c.sft.max_len = 96

@@ -1,7 +1,10 @@
-"""`python -m postrain.selfplay`: proposer/solver self-play on the DSL with the strict execution
-gate on or off (arXiv 2605.22217). The host-side pieces (gate, DSL, pool, rewards, metrics) are
-in `postrain.tasks.selfplay`; this package is the runnable loop around them."""
+"""`python -m postrain.selfplay`: proposer/solver self-play with the strict execution gate on or
+off (arXiv 2605.22217), on the deterministic DSL (`configs/selfplay_dsl.py`) or on Python output
+prediction (`configs/selfplay_python.py`). The host-side pieces (gate, sandbox, DSL, pool,
+rewards, metrics) are in `postrain.tasks.selfplay`; this package is the runnable loop around
+them. The Python task family's formats are in `postrain.selfplay.python_tasks`."""
 
+from postrain.selfplay import _python_tasks as python_tasks
 from postrain.selfplay._dsl_tasks import (
   canonical_answer,
   parse_proposal,
@@ -10,17 +13,29 @@ from postrain.selfplay._dsl_tasks import (
   seed_tasks,
   solver_prompt,
 )
-from postrain.selfplay._run import SelfPlay, gate_proposals, run, validate
+from postrain.selfplay._run import (
+  LANGUAGES,
+  SelfPlay,
+  TaskFamily,
+  gate_proposals,
+  run,
+  task_family,
+  validate,
+)
 
 __all__ = [
+  "LANGUAGES",
   "SelfPlay",
+  "TaskFamily",
   "canonical_answer",
   "gate_proposals",
   "parse_proposal",
   "proposer_prompt",
+  "python_tasks",
   "random_program",
   "run",
   "seed_tasks",
   "solver_prompt",
+  "task_family",
   "validate",
 ]

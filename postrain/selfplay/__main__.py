@@ -1,4 +1,4 @@
-"""`python -m postrain.selfplay --config configs/selfplay_dsl.py[:arg] --workdir DIR`."""
+"""`python -m postrain.selfplay --config configs/selfplay_{dsl,python}.py[:arg] --workdir DIR`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Self-play config (configs/selfplay_dsl.py).", lock_config=True
+  "config",
+  None,
+  "Self-play config (configs/selfplay_dsl.py or selfplay_python.py).",
+  lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: metrics, report, checkpoint.")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -1,10 +1,12 @@
-"""The proposer/solver self-play loop on the deterministic DSL (arXiv 2605.22217), runnable.
+"""The proposer/solver self-play loop (arXiv 2605.22217), runnable, on the deterministic DSL
+(`config.language="dsl"`) or on Python output prediction (`"python"`).
 
 One model plays both roles. Each step:
 1. Propose: `proposals` samples of the proposer prompt (K reference tasks from the pool, then
    "program:"); each completion is parsed into (program, input).
-2. Gate: `gate.mode="strict"` admits only tasks that parse and evaluate (`selfplay.dsl_gate`,
-   the executor output becomes the label); `"off"` admits every parsed proposal (a failing one
+2. Gate: `gate.mode="strict"` admits only tasks that parse and evaluate (`selfplay.dsl_gate`;
+   for Python `selfplay.execution_gate`: sandboxed subprocesses with time and memory limits,
+   run twice for determinism, no output leak; the executor output becomes the label); `"off"` admits every parsed proposal (a failing one
    has no label); `gate.leak_rate` ε in (0, 1) admits a rejected one with probability ε (F_ε).
    Admitted tasks enter the FIFO pool (`selfplay.admit`, duplicates not added again).
 3. Solve: `solver_tasks` pool tasks (the newly admitted first, the "max_new" strategy, then
@@ -30,7 +32,8 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections as mlc
@@ -40,7 +43,7 @@ from flax import nnx
 from postrain import models, tasks
 from postrain.models import tokenizers as tokenizers_lib
 from postrain.sampling import Sampler
-from postrain.selfplay import _dsl_tasks as D
+from postrain.selfplay import _dsl_tasks, _python_tasks
 from postrain.tasks import selfplay
 from postrain.train import _checkpoint, _metrics, _rollout, _steps
 from postrain.train._data import TaskData
@@ -48,6 +51,47 @@ from postrain.train._data import TaskData
 GATE_MODES = ("strict", "off")
 SOLVER_REWARDS = ("grounded", "intrinsic")
 PROPOSER_LABELS = ("grounded", "intrinsic_vote")
+LANGUAGES = ("dsl", "python")
+
+BatchGate = Callable[[Sequence[str], Sequence[str]], list[selfplay.GateVerdict]]
+
+
+class TaskFamily(NamedTuple):
+  """What the loop needs of a task language: seed tasks `(n, seed) -> tasks`, the strict
+  (ε = 0) batch gate `(programs, inputs) -> verdicts`, and the text formats."""
+
+  kind: str
+  seed_tasks: Callable[[int, int], list[selfplay.Task]]
+  gate: BatchGate
+  proposer_prompt: Callable[[list[selfplay.Task]], str]
+  proposer_target: Callable[[selfplay.Task], str]
+  solver_prompt: Callable[[selfplay.Task], str]
+  solver_target: Callable[[selfplay.Task], str]
+  parse_proposal: Callable[[str], tuple[str, str] | None]
+  canonical_answer: Callable[[str | None], str | None]
+
+
+def _dsl_gate(programs: Sequence[str], inputs: Sequence[str]) -> list[selfplay.GateVerdict]:
+  return [selfplay.dsl_gate(p, x) for p, x in zip(programs, inputs)]
+
+
+def task_family(c: mlc.ConfigDict) -> TaskFamily:
+  """The task family of `c.language`: "dsl" (in-process interpreter) or "python" (sandboxed
+  subprocesses with the limits `c.gate.timeout_s`, `cpu_s`, `memory_mb`, `workers` at a time,
+  the determinism check `c.gate.check_determinism`)."""
+  if c.language == "dsl":
+    mod, gate = _dsl_tasks, _dsl_gate
+    seeds = functools.partial(_dsl_tasks.seed_tasks, depth=c.program_depth)
+  else:
+    mod, g = _python_tasks, c.gate
+    box = _python_tasks.sandbox_config(timeout_s=g.timeout_s, cpu_s=g.cpu_s, memory_mb=g.memory_mb)
+    kw = dict(config=box, check_determinism=g.check_determinism, workers=g.workers)
+    gate = functools.partial(_python_tasks.gate_batch, **kw)
+    seeds = functools.partial(_python_tasks.seed_tasks, depth=c.program_depth, **kw)
+  return TaskFamily(
+    c.language, lambda n, seed: seeds(n, seed), gate, mod.proposer_prompt, mod.proposer_target,
+    mod.solver_prompt, mod.solver_target, mod.parse_proposal, mod.canonical_answer,
+  )  # fmt: skip
 
 
 def validate(c: mlc.ConfigDict) -> None:
@@ -55,6 +99,7 @@ def validate(c: mlc.ConfigDict) -> None:
     if not ok:
       raise ValueError(f"config.{key}: {msg}")
 
+  need(c.language in LANGUAGES, "language", f"must be one of {LANGUAGES}, got {c.language!r}")
   need(c.gate.mode in GATE_MODES, "gate.mode", f"must be one of {GATE_MODES}, got {c.gate.mode!r}")
   need(0.0 <= c.gate.leak_rate <= 1.0, "gate.leak_rate", "must be in [0, 1]")
   need(c.solver_reward in SOLVER_REWARDS, "solver_reward", f"must be one of {SOLVER_REWARDS}")
@@ -72,30 +117,32 @@ def gate_proposals(
   mode: str,
   leak_rate: float = 0.0,
   rng: np.random.Generator | None = None,
+  gate: BatchGate | None = None,
 ) -> tuple[list[int], list[selfplay.GateVerdict]]:
   """F_ε over parsed proposals: (indices of the parsed ones, their verdicts).
 
-  "strict": `selfplay.dsl_gate` (parses, evaluates, no output leak); a rejected task is let in
-  with probability `leak_rate` (one `rng` draw per rejected task). "off": every parsed proposal
-  is admitted; one that fails the gate is marked `leaked` and keeps no label if it did not run.
-  Unparsed completions are never tasks.
+  "strict": the strict `gate` (default `selfplay.dsl_gate` per task: parses, evaluates, no
+  output leak; `task_family(c).gate` for Python); a rejected task is let in with probability
+  `leak_rate` (one `rng` draw per rejected task, in proposal order). "off": every parsed
+  proposal is admitted; one that fails the gate is marked `leaked` and keeps no label if it did
+  not run. Unparsed completions are never tasks.
   """
   cand = [i for i, p in enumerate(parsed) if p is not None]
+  gate = gate or _dsl_gate
   verdicts = []
-  for i in cand:
-    v = selfplay.dsl_gate(*parsed[i])
+  for v in gate([parsed[i][0] for i in cand], [parsed[i][1] for i in cand]):
     if not v.admitted and (mode == "off" or (leak_rate > 0 and rng.random() < leak_rate)):
       v = selfplay.GateVerdict(True, v.reason, v.output, leaked=True)
     verdicts.append(v)
   return cand, verdicts
 
 
-def _tokenizer(c: mlc.ConfigDict, workdir: str):
+def _tokenizer(c: mlc.ConfigDict, fam: TaskFamily, workdir: str):
   corpus = []
-  for t in D.seed_tasks(400, seed=c.seed + 1, depth=c.program_depth):
+  for t in fam.seed_tasks(c.tokenizer_tasks, c.seed + 1):
     corpus += [
-      D.solver_prompt(t) + D.solver_target(t),
-      D.proposer_prompt([t]) + D.proposer_target(t),
+      fam.solver_prompt(t) + fam.solver_target(t),
+      fam.proposer_prompt([t]) + fam.proposer_target(t),
     ]
   path = tasks.train_tokenizer(corpus, os.path.join(workdir, "tokenizer"), vocab_size=c.vocab_size)
   return tokenizers_lib.SentencePieceTokenizer(path)
@@ -122,7 +169,8 @@ class SelfPlay:
     validate(config)
     self.c, self.workdir = config, workdir
     _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
-    tok = _tokenizer(config, workdir)
+    self.fam = fam = task_family(config)
+    tok = _tokenizer(config, fam, workdir)
     self.data = TaskData(
       task=tasks.get_task("jsonl"), train=[], test=[], tokenizer=tok, chat_template=None
     )
@@ -148,12 +196,10 @@ class SelfPlay:
       dict(group_size=config.group_size, adv_scale="group", dynamic_sampling=False,
            temporal=dict(enabled=False))
     )  # fmt: skip
-    seeds = D.seed_tasks(config.seed_pool, seed=config.seed, depth=config.program_depth)
+    seeds = fam.seed_tasks(config.seed_pool, config.seed)
     self.seed_tasks = seeds
     self.pool = selfplay.TaskPool(tuple(seeds), max_size=config.max_pool)
-    self.val_tasks = D.seed_tasks(
-      config.val_tasks, seed=config.seed + 10_000, depth=config.program_depth
-    )
+    self.val_tasks = fam.seed_tasks(config.val_tasks, config.seed + 10_000)
     self.rng = np.random.default_rng([config.seed, 1])
     self.key = jax.random.key(config.seed)
 
@@ -179,16 +225,17 @@ class SelfPlay:
     c, loss = self.c, float("nan")
     self.opt_state = self.sft_tx.init(self.params)
     rng = np.random.default_rng([c.seed, 2])
-    pool = D.seed_tasks(2000, seed=c.seed + 20_000, depth=c.program_depth)
+    fam = self.fam
+    pool = fam.seed_tasks(c.sft.pool, c.seed + 20_000)
     for _ in range(c.sft.steps):
       pairs = []
       for i in rng.choice(len(pool), size=c.sft.batch_size, replace=False):
         t = pool[i]
         if rng.random() < 0.5:
-          pairs.append((D.solver_prompt(t), D.solver_target(t)))
+          pairs.append((fam.solver_prompt(t), fam.solver_target(t)))
         else:
           refs = [pool[j] for j in rng.choice(len(pool), size=c.num_refs, replace=False)]
-          pairs.append((D.proposer_prompt(refs), D.proposer_target(t)))
+          pairs.append((fam.proposer_prompt(refs), fam.proposer_target(t)))
       batch = _sft_batch(self.data, pairs, c.sft.max_len)
       self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
       loss = float(aux["loss"])
@@ -199,15 +246,15 @@ class SelfPlay:
     """Greedy held-out solver accuracy on fixed generated tasks."""
     key = jax.random.fold_in(jax.random.fold_in(self.key, 2**30), step)
     _, texts = self._sample(
-      [D.solver_prompt(t) for t in self.val_tasks], n=1, temperature=0.0, key=key
+      [self.fam.solver_prompt(t) for t in self.val_tasks], n=1, temperature=0.0, key=key
     )
-    hits = [D.canonical_answer(x) == t.output for x, t in zip(texts, self.val_tasks)]
+    hits = [self.fam.canonical_answer(x) == t.output for x, t in zip(texts, self.val_tasks)]
     return {"val/accuracy": float(np.mean(hits))}
 
   # -- one step --------------------------------------------------------------------------------
 
   def step(self, step: int) -> dict[str, float]:
-    c, g = self.c, self.c.group_size
+    c, g, fam = self.c, self.c.group_size, self.fam
     key = jax.random.fold_in(self.key, step)
     k_prop, k_solve = jax.random.split(key)
     # 1. propose
@@ -217,16 +264,18 @@ class SelfPlay:
       refs = [
         self.pool.tasks[i] for i in self.rng.choice(len(self.pool), size=c.num_refs, replace=False)
       ]
-      prompts.append(D.proposer_prompt(refs))
+      prompts.append(fam.proposer_prompt(refs))
     p_out, p_texts = self._sample(prompts, n=g, temperature=c.temperature, key=k_prop)
-    parsed = [D.parse_proposal(t) for t in p_texts]
+    parsed = [fam.parse_proposal(t) for t in p_texts]
     # 2. gate
+    gate_start = time.perf_counter()
     cand, verdicts = gate_proposals(
-      parsed, mode=c.gate.mode, leak_rate=c.gate.leak_rate, rng=self.rng
+      parsed, mode=c.gate.mode, leak_rate=c.gate.leak_rate, rng=self.rng, gate=fam.gate
     )
+    gate_s = time.perf_counter() - gate_start
     before = {(t.program, t.inputs) for t in self.pool.tasks}
     self.pool, admit_stats = selfplay.admit(
-      self.pool, [parsed[i][0] for i in cand], [parsed[i][1] for i in cand], verdicts, kind="dsl"
+      self.pool, [parsed[i][0] for i in cand], [parsed[i][1] for i in cand], verdicts, kind=fam.kind
     )
     new = [t for t in self.pool.tasks if (t.program, t.inputs) not in before]
     # 3. solve: the new tasks first ("max_new"), then random pool tasks
@@ -235,10 +284,11 @@ class SelfPlay:
     if rest > 0:
       batch_tasks += [self.pool.tasks[i] for i in self.rng.choice(len(self.pool), size=rest)]
     s_out, s_texts = self._sample(
-      [D.solver_prompt(t) for t in batch_tasks], n=g, temperature=c.temperature, key=k_solve
+      [fam.solver_prompt(t) for t in batch_tasks], n=g, temperature=c.temperature, key=k_solve
     )
     answers = [
-      [D.canonical_answer(x) for x in s_texts[i * g : (i + 1) * g]] for i in range(len(batch_tasks))
+      [fam.canonical_answer(x) for x in s_texts[i * g : (i + 1) * g]]
+      for i in range(len(batch_tasks))
     ]
     labels = [t.output for t in batch_tasks]
     if c.solver_reward == "grounded":
@@ -271,6 +321,7 @@ class SelfPlay:
       float(np.mean([selfplay.is_trivial_output(t.output, t.inputs) for t in new])) if new else 0.0
     )
     metrics["update_s"] = time.perf_counter() - start
+    metrics["gate_s"] = gate_s
     return metrics
 
   def run(self) -> dict[str, Any]:
