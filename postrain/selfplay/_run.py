@@ -79,6 +79,8 @@ def task_family(c: mlc.ConfigDict) -> TaskFamily:
   """The task family of `c.language`: "dsl" (in-process interpreter) or "python" (sandboxed
   subprocesses with the limits `c.gate.timeout_s`, `cpu_s`, `memory_mb`, `workers` at a time,
   the determinism check `c.gate.check_determinism`)."""
+  if c.language not in LANGUAGES:
+    raise ValueError(f"config.language: must be one of {LANGUAGES}, got {c.language!r}")
   if c.language == "dsl":
     mod, gate = _dsl_tasks, _dsl_gate
     seeds = functools.partial(_dsl_tasks.seed_tasks, depth=c.program_depth)
