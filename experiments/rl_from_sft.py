@@ -55,7 +55,9 @@ def main() -> None:
   for sub in ("data", "tokenizer"):  # the same problems and token ids as the SFT run
     shutil.copytree(pathlib.Path(args.sft) / sub, pathlib.Path(args.workdir) / sub)
   trainer = Trainer(config, args.workdir)
-  sft_ckpt = _checkpoint.Checkpointer(str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000)
+  sft_ckpt = _checkpoint.Checkpointer(
+    str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000
+  )
   abstract = _checkpoint.abstract_like(
     {"params": trainer.params, "opt_state": trainer.sft_tx.init(trainer.params)}
   )
