@@ -117,8 +117,22 @@ def _load_tokenizer(config: mlc.ConfigDict, workdir: str, train: list[tasks.Prob
     return tokenizers_lib.load_tokenizer(
       tok.path or os.path.join(config.model.path, "tokenizer.json")
     )
+  # Everything the trainer may put in a prompt: also SMEPO's guidance (its placeholders as whole
+  # pieces, its template's words), so runs with and without SMEPO share one tokenizer.
+  from postrain.tasks import smepo
+  from postrain.train._smepo import PLAIN_TEMPLATE
+
+  placeholders = (smepo.ANSWER, smepo.NUMBER, smepo.CODE, smepo.ENTITY)
+  texts = [
+    *tasks.task_corpus(train),
+    PLAIN_TEMPLATE.format(trace=" ".join(placeholders), prompt=""),
+  ]
+  symbols = ("\n", *placeholders)
   path = tok.path or tasks.train_tokenizer(
-    tasks.task_corpus(train), os.path.join(workdir, "tokenizer"), vocab_size=tok.vocab_size
+    texts,
+    os.path.join(workdir, "tokenizer"),
+    vocab_size=tok.vocab_size,
+    user_defined_symbols=symbols,
   )
   return tokenizers_lib.SentencePieceTokenizer(path)
 

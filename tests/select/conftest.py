@@ -3,8 +3,7 @@
 import os
 
 import pytest
-
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+from selectutil import REPO
 
 
 def tiny_config():

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from selectutil import REPO
 
 from postrain import select, selection, tasks
 from postrain.train import _data

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO
+from selectutil import REPO
 
 from postrain import selfplay as sp
 from postrain.tasks import selfplay

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from selectutil import REPO
 
 from postrain import selfplay as sp
 from postrain.selfplay import python_tasks as PT

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO
+from selectutil import REPO
 
 from postrain import tasks
-from postrain.tasks import smepo
+from postrain.tasks import _tokenizer, smepo
 from postrain.train import _loop, _smepo
 
 
@@ -77,6 +77,9 @@ def test_enabled_prompts_hold_masked_trace_not_answer(tmp_path, monkeypatch):
     # Written out independently of postrain.train._smepo: the documented plain template.
     text = f"Here is an example solution:\n{masked}\n\n{plain}"
     assert ids == [tok.bos_id] * (tok.bos_id >= 0) + tok.encode(text)
+    # The task tokenizer was trained for SMEPO: placeholders are single pieces, nothing is unknown.
+    assert len(tok.encode("[NUMBER]")) == 1 and len(tok.encode("[ANSWER]")) == 1
+    assert _tokenizer.UNK_ID not in ids, tok.decode(ids)
     guidance = text[: text.index(plain)]
     assert not smepo.check_answer_leak(guidance, p.answer).leaks
     # The raw trace's numbers are all gone from the guidance.
