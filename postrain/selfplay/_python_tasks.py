@@ -23,9 +23,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from postrain.selfplay._dsl_tasks import (  # noqa: F401  the DSL's prompt and target formats
+  PROPOSER_HEAD,
+  proposer_prompt,
+  proposer_target,
+  solver_prompt,
+  solver_target,
+)
 from postrain.tasks import selfplay
 
-PROPOSER_HEAD = "Propose a new program and input.\n"
 # Program: the first line (non-empty) up to the last "\ninput:" line; input: one non-empty line.
 _PROPOSAL_RE = re.compile(r"^[ \t]*(\S[^\n]*(?:\n[^\n]*)*?)\ninput:[ \t]*(\S[^\n]*?)[ \t]*$")
 
@@ -188,23 +194,6 @@ def seed_tasks(
       if v.admitted and len(out) < n:
         out.append(selfplay.Task(program, inputs, v.output, "python"))
   return out
-
-
-def proposer_prompt(refs: list[selfplay.Task]) -> str:
-  body = "".join(f"program: {t.program}\ninput: {t.inputs}\n" for t in refs)
-  return f"{PROPOSER_HEAD}{body}program:"
-
-
-def proposer_target(task: selfplay.Task) -> str:
-  return f" {task.program}\ninput: {task.inputs}"
-
-
-def solver_prompt(task: selfplay.Task) -> str:
-  return f"program: {task.program}\ninput: {task.inputs}\noutput:"
-
-
-def solver_target(task: selfplay.Task) -> str:
-  return f" {task.output}"
 
 
 def parse_proposal(text: str) -> tuple[str, str] | None:
