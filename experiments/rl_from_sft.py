@@ -44,7 +44,7 @@ def main() -> None:
   parser.add_argument("workdir")
   parser.add_argument("--sft", help="the SFT run's workdir (mode rl)")
   parser.add_argument("overrides", nargs="*")
-  args = parser.parse_args()
+  args = parser.parse_intermixed_args()
   config = make_config(args.overrides)
   if args.mode == "sft":
     config.rl.steps = 0
@@ -54,6 +54,9 @@ def main() -> None:
   shutil.rmtree(args.workdir, ignore_errors=True)
   for sub in ("data", "tokenizer"):  # the same problems and token ids as the SFT run
     shutil.copytree(pathlib.Path(args.sft) / sub, pathlib.Path(args.workdir) / sub)
+  if not config.tokenizer.path:  # exactly the SFT run's tokenizer, whatever this version trains
+    (model,) = (pathlib.Path(args.workdir) / "tokenizer").glob("*.model")
+    config.tokenizer.path = str(model)
   trainer = Trainer(config, args.workdir)
   sft_ckpt = _checkpoint.Checkpointer(
     str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000
