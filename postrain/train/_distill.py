@@ -411,18 +411,14 @@ class Distiller:
     batch, metrics = self.make_batch(tr, out, texts, problems, rewards)
     batch = _mesh.as_numpy(batch)  # host rows; each process places its own (tr.mesh.from_host)
     start = time.perf_counter()
-    rows = out.tokens.shape[0] // rl.updates_per_batch
     auxes = []
-    for i in range(rl.updates_per_batch):
-      mb = tr.mesh.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
+    for mb in tr.mesh.minibatches(batch, rl.updates_per_batch):
       tr.params, tr.opt_state, aux = self.update(tr.params, tr.opt_state, mb)
       if self.ema:
         self.teacher_params = self.ema_update(self.teacher_params, tr.params)
       auxes.append(aux)
-    auxes = tr.mesh.to_host(auxes)
+    metrics.update(tr.mesh.mean_metrics(auxes))
     update_s = time.perf_counter() - start
-    for name in auxes[0]:
-      metrics[name] = float(np.mean([a[name] for a in auxes]))
     metrics.update(
       reward_mean=float(np.mean(rewards)),
       accuracy=float(np.mean(rewards > 0.5)),

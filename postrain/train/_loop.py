@@ -299,16 +299,12 @@ class Trainer:
       rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
     )
     start = time.perf_counter()
-    rows = batch["tokens"].shape[0] // rl.updates_per_batch
     auxes = []
-    for i in range(rl.updates_per_batch):
-      mb = self.mesh.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
+    for mb in self.mesh.minibatches(batch, rl.updates_per_batch):
       self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
       auxes.append(aux)
-    auxes = self.mesh.to_host(auxes)
+    metrics.update(self.mesh.mean_metrics(auxes))
     update_s = time.perf_counter() - start
-    for name in auxes[0]:
-      metrics[name] = float(np.mean([a[name] for a in auxes]))
     generated = float(np.asarray(out.lengths).sum())
     metrics.update(
       accuracy=float(np.mean(rewards > 0.5)),

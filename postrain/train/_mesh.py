@@ -110,6 +110,17 @@ class MeshContext:
     """Full host arrays (identical on every process) -> global arrays split on the batch."""
     return _distributed.global_from_host(jax.device_get(full), self.batch)
 
+  def minibatches(self, batch: dict[str, np.ndarray], num: int) -> Iterator[Any]:
+    """The host batch's `num` consecutive row blocks (whole groups), each placed on the mesh."""
+    rows = batch["tokens"].shape[0] // num
+    for i in range(num):
+      yield self.from_host({k: x[i * rows : (i + 1) * rows] for k, x in batch.items()})
+
+  def mean_metrics(self, auxes: list[Any]) -> dict[str, float]:
+    """Per-update aux dicts (device arrays) -> their means on the host."""
+    auxes = self.to_host(auxes)
+    return {name: float(np.mean([a[name] for a in auxes])) for name in auxes[0]}
+
   def to_host(self, tree: Any) -> Any:
     """Global arrays -> numpy on every process (an all-gather when several processes run)."""
     return _distributed.to_host(tree) if self.multi_process else jax.device_get(tree)
