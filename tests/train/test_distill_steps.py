@@ -86,9 +86,14 @@ def _make_batch(teacher_params, student_params, full_logits=True):
   }
 
 
-@jax.jit
+@functools.cache
+def _response_logits_fn():
+  model = _model()  # built outside any trace, so the cached model never holds tracers
+  return jax.jit(lambda tokens, valid: _distill.response_logits(model, tokens, valid, R))
+
+
 def _response_logits(tokens, valid):
-  return _distill.response_logits(_model(), tokens, valid, R)
+  return _response_logits_fn()(tokens, valid)
 
 
 def test_response_logits_align_with_model_logprobs():
