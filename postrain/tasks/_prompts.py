@@ -69,14 +69,19 @@ def sft_example(
   answer_format: str = "answer",
   instruction: str | None = None,
   system: str | None = None,
+  worked: bool = True,
 ) -> tuple[str, str] | None:
   """(prompt, target completion) for SFT warm starts, or None without a reference solution.
 
-  The plain prompt ends with "Answer:"; the target then starts on a new line.
+  The plain prompt ends with "Answer:"; the target then starts on a new line. With
+  `worked=False` the target is the final answer line alone (a terse demonstration without the
+  working), as mixed-quality SFT corpora contain.
   """
   solution = reference_solution(problem, answer_format=answer_format)
   if solution is None:
     return None
+  if not worked:
+    solution = solution.rsplit("\n", 1)[-1]
   prompt = format_prompt(
     problem,
     chat_template=chat_template,

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import os
+import zlib
 from typing import Any
 
 import ml_collections as mlc
@@ -144,12 +145,15 @@ def sft_batch(
   *,
   curriculum_frac: float = 0.0,
   num_subproblems: int = 0,
+  terse_frac: float = 0.0,
 ) -> dict[str, np.ndarray]:
   """Right-padded `prompt + reference solution + eos` sequences with a loss mask on the solution.
 
   The first `curriculum_frac` of the rows are SCRL curriculum examples (the problem's subproblem
   chain and its reference `answer_k:` completion), so an SCRL run starts from a model that knows
-  the curriculum format.
+  the curriculum format. A fixed `terse_frac` share of the problems (chosen by a hash of the
+  problem id, so a problem is always shown the same way) is demonstrated by its final answer line
+  alone, without the working (`tasks.sft_example(worked=False)`).
 
   Returns tokens i32[B, max_len], valid bool[B, max_len], loss_mask f32[B, max_len].
   """
@@ -172,7 +176,10 @@ def sft_batch(
       )
     else:
       example = tasks.sft_example(
-        problem, chat_template=data.chat_template, instruction=data.instruction
+        problem,
+        chat_template=data.chat_template,
+        instruction=data.instruction,
+        worked=not is_terse(problem, terse_frac),
       )
     if example is None:
       raise ValueError(
@@ -186,6 +193,11 @@ def sft_batch(
     valid[i, : len(ids)] = True
     loss_mask[i, len(p_ids) : len(ids)] = 1.0
   return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+
+
+def is_terse(problem: tasks.Problem, terse_frac: float) -> bool:
+  """Whether `problem` belongs to the fixed `terse_frac` share shown without working in SFT."""
+  return zlib.crc32(problem.id.encode()) < terse_frac * 2**32
 
 
 def step_problems(

@@ -226,6 +226,7 @@ class Trainer:
       cfg.sft.max_len,
       curriculum_frac=curriculum,
       num_subproblems=cfg.rl.scrl_num_subproblems,
+      terse_frac=cfg.sft.terse_fraction,
     )
     batch = self.mesh.from_host(host)
     start = time.perf_counter()

@@ -70,6 +70,9 @@ def base_config() -> mlc.ConfigDict:
   c.sft.batch_size = 64
   c.sft.lr = 3e-3
   c.sft.max_len = 128
+  # Share of the training problems demonstrated by the answer line alone, without the working
+  # (a mixed-quality SFT corpus; RL then has a better behaviour to select). 0 for none.
+  c.sft.terse_fraction = 0.0
 
   c.rl = mlc.ConfigDict()
   c.rl.algorithm = "gspo"
@@ -188,6 +191,7 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.task.num_eval >= 1, "task.num_eval", "must be >= 1")
   need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
+  need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")
   need(
     c.rl.algorithm in ALGORITHMS,
     "rl.algorithm",

@@ -42,6 +42,10 @@ def test_sft_example():
   assert boxed.endswith("\\boxed{3}")
   no_solution = tasks.Problem("t/x", "q", "1", {}, "unknown_task")
   assert tasks.sft_example(no_solution) is None
+  _, terse = tasks.sft_example(_problem(), worked=False)
+  assert terse == "\nanswer: 3"
+  _, terse_boxed = tasks.sft_example(_problem(), answer_format="boxed", worked=False)
+  assert terse_boxed == "\n\\boxed{3}"
 
 
 def test_bad_answer_format():

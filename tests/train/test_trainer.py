@@ -148,3 +148,25 @@ def test_jsonl_without_verifiable_answers_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"bad\.jsonl"):
     train.Trainer(cfg, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("terse_frac", [0.0, 0.5, 1.0])
+def test_sft_batch_shows_a_fixed_share_of_problems_without_working(trained_run, terse_frac):
+  from postrain.train import _data
+
+  workdir, _ = trained_run
+  data = _data.load_task_data(load_config(), workdir)
+  problems = data.train[:64]
+  batch = _data.sft_batch(data, problems, 96, terse_frac=terse_frac)
+  targets = data.decode_responses(batch["tokens"], batch["loss_mask"] > 0)
+  terse = [t.strip() == f"answer: {p.answer}" for t, p in zip(targets, problems)]
+  worked = [
+    t.count("=") >= 2 and t.strip().endswith(f"answer: {p.answer}")
+    for t, p in zip(targets, problems)
+  ]
+  assert all(a != b for a, b in zip(terse, worked))  # every row is one form or the other
+  assert terse == [_data.is_terse(p, terse_frac) for p in problems]
+  assert {0.0: 0, 1.0: 64}.get(terse_frac, sum(terse)) == sum(terse)
+  assert 16 <= sum(terse) <= 48 or terse_frac != 0.5
+  again = _data.sft_batch(data, problems[::-1], 96, terse_frac=terse_frac)
+  assert np.array_equal(again["tokens"][::-1], batch["tokens"])  # a problem's form never changes
