@@ -16,8 +16,8 @@ def get_config(arg: str | None = None):
   arg = base.parse_arg(arg, scale="default", algorithm="gspo")
   c = base.base_config()
   c.task.name = "chain_sum"
-  c.task.kwargs = dict(min_terms=3, max_terms=3, min_digits=1, max_digits=2)
-  c.task.num_train = 4000
+  c.task.kwargs = dict(min_terms=3, max_terms=3, min_digits=1, max_digits=1)
+  c.task.num_train = 2000  # of the ~3,160 distinct problems left after the held-out 200
   c.task.num_eval = 200
   c.task.instruction = ""  # the from-scratch model learns the answer format from SFT
   c.tokenizer.vocab_size = 256
@@ -27,26 +27,29 @@ def get_config(arg: str | None = None):
     embed_dim=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=512
   )
 
-  c.sft.steps = 400
+  c.sft.steps = 300
+  # Half the problems are demonstrated by the answer alone: the SFT start mixes a terse habit
+  # (usually wrong for a model this small) with the worked one, and GSPO learns to work it out.
+  c.sft.terse_fraction = 0.5
   c.sft.batch_size = 64
   c.sft.lr = 3e-3
   c.sft.max_len = 96
 
   base.set_algorithm(c, arg.algorithm)
-  c.rl.steps = 120
+  c.rl.steps = 40
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
   c.rl.updates_per_batch = 2
-  c.rl.lr = 2e-4
+  c.rl.lr = 1e-4
   c.rl.max_new_tokens = 40
   c.rl.cache_size = 128
   c.rl.temperature = 1.0
 
-  c.eval.every = 40
+  c.eval.every = 20
   c.eval.num_problems = 200
   c.eval.k = 4
   c.eval.max_new_tokens = 40
-  c.checkpoint.every = 40
+  c.checkpoint.every = 20
 
   if arg.scale in ("smoke", "test"):  # a short end-to-end check of every stage
     c.task.num_train, c.task.num_eval = 300, 32
