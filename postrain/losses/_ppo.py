@@ -179,32 +179,54 @@ def _grad_weight(c):
   return g * c["w"] if "w" in c else g
 
 
-# --- token level (GRPO / DAPO): custom VJP, forward = one fused reduction ---------------------
+# --- token level (GRPO / DAPO): custom VJP, one exp per token ----------------------------------
+
+
+def _log_bounds(c, clip, dtype):
+  """Per-row (or per-token) bounds on the log-ratio, [B, 1] or [B, T]: the clipped surrogate is
+  A·exp(clamp(log ρ, lo, hi)) with (lo, hi) = (−inf, log(1+eps_high)) for A > 0 and
+  (log(1−eps_low), log c or the clamp) for A < 0, since exp is monotone:
+  min(ρ, 1+eps_high) = exp(min(log ρ, log(1+eps_high))), max(ρ, 1−eps_low) likewise. Both also
+  stay ≤ LOG_RATIO_CLIP, the clamp before exp. A token is unclipped iff lo < log ρ < hi."""
+  cap = I.LOG_RATIO_CLIP
+  neg_hi = cap if clip.dual is None else min(math.log(clip.dual), cap)
+  neg_lo = math.log(clip.lo) if clip.lo > 0 else -math.inf
+  lo = jnp.where(c["a_neg"] < 0, jnp.asarray(neg_lo, dtype), jnp.asarray(-math.inf, dtype))
+  hi = jnp.where(c["a_pos"] > 0, jnp.asarray(min(math.log(clip.hi), cap), dtype), neg_hi)
+  return lo, hi
+
+
+def _token_objective(logp, c, clip):
+  """(f·A·w·mask·exp(clamp(log ρ, lo, hi)), log ρ, lo, hi): [B, T] per-token −ℓ times the
+  aggregation weight f (`row_weights`), so that the loss is −Σ of it."""
+  dtype = c["old"].dtype
+  log_rho = logp.astype(dtype) - c["old"]
+  lo, hi = _log_bounds(c, clip, dtype)
+  obj = (c["a_pos"] + c["a_neg"]) * jnp.exp(jnp.minimum(jnp.maximum(log_rho, lo), hi))
+  obj = obj * c["w"] if "w" in c else obj
+  return obj * (c["row_w"] * c["mask"]), log_rho, lo, hi
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _token_loss(logp, c, clip):
-  rho = jnp.exp(jnp.minimum(logp.astype(c["old"].dtype) - c["old"], I.LOG_RATIO_CLIP))
-  return -_reduce(_objective(rho, c, clip), c)
+  return -jnp.sum(_token_objective(logp, c, clip)[0])  # value only: one fused reduction
 
 
 def _token_fwd(logp, c, clip):
-  return _token_loss(logp, c, clip), (logp, c)
+  # The exp runs once per token, in an elementwise pass (XLA:CPU splits those across threads,
+  # while its fused reductions pay ~1.25x for an exp): the barrier materialises the per-token
+  # objective, the loss is a plain sum of it, and the backward reuses it as the gradient.
+  obj = jax.lax.optimization_barrier(_token_objective(logp, c, clip)[0])
+  return -jnp.sum(obj), (logp, c, obj)
 
 
 def _token_bwd(clip, res, g):
-  logp, c = res
-  # The barrier keeps XLA from CSE-ing this exp with the forward one: a shared [B, T] value
-  # would be materialised and break the single fused forward pass.
-  # The clamp bound goes through it too: a constant shared with the forward would be CSE-d
-  # into one [B, T] broadcast and materialised.
-  lp, old, bound = jax.lax.optimization_barrier(
-    (logp.astype(c["old"].dtype), c["old"], jnp.asarray(I.LOG_RATIO_CLIP, c["old"].dtype))
-  )
-  log_rho = lp - old
-  active = _active(log_rho, c, clip) & (log_rho < bound)
-  grad = jnp.where(active, jnp.exp(jnp.minimum(log_rho, bound)), 0.0) * _grad_weight(c)
-  return (g * grad).astype(logp.dtype), _zeros_like(c)
+  # ∂ℓ/∂logp = −f·A·w·mask·ρ on unclipped tokens = −obj there, 0 on clipped ones.
+  logp, c, obj = res
+  log_rho = logp.astype(c["old"].dtype) - c["old"]
+  lo, hi = _log_bounds(c, clip, log_rho.dtype)
+  grad = jnp.where((log_rho > lo) & (log_rho < hi), obj, 0.0) * -g
+  return grad.astype(logp.dtype), _zeros_like(c)
 
 
 _token_loss.defvjp(_token_fwd, _token_bwd)
