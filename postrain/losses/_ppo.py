@@ -273,23 +273,33 @@ def _sequence_token_bwd(clip, res, g):
 _sequence_token_loss.defvjp(_sequence_token_fwd, _sequence_token_bwd)
 
 
+def _tie_step(x):
+  """[x > 0] with ½ at x = 0, as compares and selects (XLA:CPU's fused reductions run these
+  ~2x faster than the sign-based `I.step`)."""
+  return jnp.where(x > 0, 1.0, jnp.where(x < 0, 0.0, 0.5)).astype(x.dtype)
+
+
 def _aux(log_r, rho, adv, mask, count, clip, bound):
   """Masked token means of the clip indicators, ρ and ½(log r)²; per-row quantities ([B, 1])
   are reduced with the row counts, per-token ones in as few [B, T] passes as possible."""
   pos, neg = I.is_positive(adv), I.is_positive(-adv)
   if rho is not None:  # sequence levels: ρ is per row
     high, low = I.step(rho - clip.hi), I.step(clip.lo - rho)
+    clipped = pos * high + neg * low
     dual = None if clip.dual is None else I.step(rho - clip.dual)
   else:  # token level: compare in log space, so no aux pass recomputes exp
-    # Constants appear as `x + c` (XLA:CPU fuses that form into reductions, not `c − x`), and
-    # the clamp bound comes through the barrier (a constant shared with the loss is materialised).
+    # The clamp bound comes through the barrier (a constant shared with the loss is materialised).
     rho = jnp.exp(jnp.minimum(log_r, bound))
-    high = I.step(log_r + (-math.log(clip.hi)))
-    low = 1.0 - I.step(log_r + (-math.log(max(clip.lo, 1e-30))))
-    dual = None if clip.dual is None else I.step(log_r + (-math.log(clip.dual)))
+    # Clipped on the side of its advantage iff x = s·log r − b > 0, with (s, b) =
+    # (1, log(1+eps_high)) for A > 0, (−1, −log(1−eps_low)) for A < 0, (0, 1) for A = 0: one
+    # compare per token for both sides (x = 0 exactly at a tie, counted ½).
+    neg_b = -math.log(clip.lo) if clip.lo > 0 else math.inf
+    b = jnp.where(adv > 0, math.log(clip.hi), jnp.where(adv < 0, neg_b, 1.0)).astype(log_r.dtype)
+    clipped = _tie_step(jnp.sign(adv) * log_r - b)
+    high = low = clipped  # the per-token-advantage branch below masks them with pos / neg
+    dual = None if clip.dual is None else _tie_step(log_r - math.log(clip.dual))
   total = jnp.maximum(jnp.sum(count), 1.0)
   if adv.shape[-1] == 1:  # one pass counts both sides, split per row by the sign of A
-    clipped = pos * high + neg * low
     rows = clipped[:, 0] * count if clipped.shape[-1] == 1 else I.row_sum(clipped, mask)
     clip_high = jnp.sum(pos[:, 0] * rows) / total
     clip_low = jnp.sum(neg[:, 0] * rows) / total

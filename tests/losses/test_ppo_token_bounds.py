@@ -101,3 +101,23 @@ def test_clamped_log_ratio_gets_no_gradient(x64, sign, eps_high, dual):
   loss, grad = _value_and_grad(logp, old, adv, mask, 0.2, eps_high, dual, "token_mean")
   np.testing.assert_allclose(loss, -sign * (np.exp(20.0) + np.exp(1.0)) / 2, rtol=1e-12)
   np.testing.assert_allclose(grad, [[0.0, -sign * np.exp(1.0) / 2]], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("per_token_adv", [False, True])
+def test_aux_counts_exact_ties_half(x64, per_token_adv):
+  """log ρ exactly on a clip bound counts ½ (eps 0: ρ = 1 is on both bounds), A = 0 never."""
+  logp = jnp.zeros((3, 3))
+  adv = jnp.asarray([1.0, -1.0, 0.0])
+  if per_token_adv:
+    adv = jnp.broadcast_to(adv[:, None], (3, 3))
+  _, aux = losses.ppo_clip(logp, logp, adv, jnp.ones((3, 3)), eps_low=0.0, eps_high=0.0)
+  np.testing.assert_allclose(aux["clip_frac_high"], 1.5 / 9, rtol=1e-12)
+  np.testing.assert_allclose(aux["clip_frac_low"], 1.5 / 9, rtol=1e-12)
+  # dual clip c = e: log ρ = 1 is the tie (½), log ρ = 1.5 is above it, A > 0 never counts.
+  logp, old = jnp.asarray([[0.0, 0.5, 0.5]]), jnp.asarray([[-1.0, -1.0, -1.0]])
+  adv, mask = jnp.asarray([-1.0]), jnp.ones((1, 3))
+  kw = {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": np.e}
+  _, aux = losses.ppo_clip(logp, old, adv, mask, **kw)
+  np.testing.assert_allclose(aux["dual_clip_frac"], 2.5 / 3, rtol=1e-12)
+  _, aux = losses.ppo_clip(logp, old, -adv, mask, **kw)
+  assert aux["dual_clip_frac"] == 0.0 and aux["clip_frac_high"] == 1.0
