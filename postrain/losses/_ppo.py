@@ -127,9 +127,8 @@ def ppo_clip(
       consts["seq"] = jax.lax.stop_gradient(seq)
       loss = _sequence_token_loss(logp, consts, clip)
     rho_aux = I.clamped_exp(jax.lax.stop_gradient(seq))[:, None]
-  # Barrier: aux terms share no subexpression with the loss, which keeps the loss's forward a
-  # single fused reduction on XLA:CPU (and lets XLA drop the aux entirely when it is unused).
-  # (`mask` rides along so that XLA cannot merge this barrier with the backward pass's one.)
+  # Barrier: aux terms share no subexpression with the loss, which keeps the loss's kernels as
+  # they are without aux on XLA:CPU (and lets XLA drop the aux entirely when it is unused).
   lp, old, mask_, bound = jax.lax.optimization_barrier(
     jax.lax.stop_gradient(
       (logp.astype(dtype), old_logp, mask, jnp.asarray(I.LOG_RATIO_CLIP, dtype))
