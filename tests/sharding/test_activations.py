@@ -23,7 +23,7 @@ BATCH = '{"data", "fsdp"}'  # the logical "batch" axis: data x fsdp (fsdp has si
 # (type, spec) of each named activation -> how often the forward pass constrains it.
 EXPECTED = {
   (f"{B}x{T}x{D}xf32", f"[{BATCH}, {{}}, {{}}]"): L + 1,  # residual stream: embedding, blocks
-  (f"{B}x{T}x{N}x{H}xf32", f'[{BATCH}, {{}}, {{"tensor"}}, {{}}]'): L * (1 + 2 * (K == N)),
+  (f"{B}x{T}x{N}x{H}xf32", f'[{BATCH}, {{}}, {{"tensor"}}, {{}}]'): 3 * L,  # q, k, v (K == N)
   (f"{B}x{T}x{F}xf32", f'[{BATCH}, {{}}, {{"tensor"}}]'): L,  # MLP hidden
   (f"{B * (T - 1)}x{V}xf32", f'[{BATCH}, {{"tensor"}}]'): 1,  # logits of the naive log-probs
 }
@@ -36,6 +36,7 @@ def _constraints(hlo: str) -> collections.Counter:
 
 @pytest.fixture(scope="module")
 def sharded():
+  assert K == N  # q, k and v share one shape in EXPECTED
   assert jax.config.jax_use_shardy_partitioner  # the constraints below are Shardy's text
   mesh = sharding.make_mesh({"data": 2, "tensor": 4})
   tx = case.optimizer()
@@ -44,7 +45,7 @@ def sharded():
 
 
 def test_logprob_fn_constrains_named_activations(sharded):
-  mesh, _, state, bsh = sharded
+  _, _, state, bsh = sharded
   fn = case.logprob_fn(state.graphdef, state.rest)
   x = case.inputs(0)
   lowered = sharding.shard_logprob_fn(fn, state.param_shardings, bsh).lower(
@@ -60,7 +61,6 @@ def test_logprob_fn_constrains_named_activations(sharded):
 def test_train_step_constrains_named_activations(sharded):
   _, tx, state, bsh = sharded
   update_fn = case.rl_update(state.graphdef, state.rest, tx)
-  x = case.inputs(0)
   b = case.batch(0, np.zeros((B, T), np.float32))
   update = sharding.shard_update(update_fn, state.param_shardings, state.opt_shardings, bsh)
   found = _constraints(update.lower(state.params, state.opt_state, b, case.margin()).as_text())
@@ -68,13 +68,12 @@ def test_train_step_constrains_named_activations(sharded):
     assert found[key] >= count, (key, found)
   plain = jax.jit(update_fn).lower(state.params, state.opt_state, b, case.margin()).as_text()
   assert "sharding_constraint" not in plain and "@Sharding" not in plain
-  del x
 
 
 def test_user_rules_move_the_constraints(sharded):
   """`embed_act` over tensor (MaxText's sequence-parallel-like residual): the rule reaches the
   model; rules without the activation names (older configs) leave those dimensions alone."""
-  mesh, _, state, bsh = sharded
+  _, _, state, bsh = sharded
   fn = case.logprob_fn(state.graphdef, state.rest)
   x = case.inputs(0)
   rules = [r for r in sharding.default_logical_axis_rules() if r[0] != "embed_act"]

@@ -4,6 +4,7 @@ equals the one-process run (metrics and checkpoint)."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +92,15 @@ def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_
   assert case.checkpoint_steps(two_run) == case.checkpoint_steps(ref_run) == [3]
   saved, expected = case.restore_numpy(two_run, 3), case.restore_numpy(ref_run, 3)
   case.assert_trees_close(saved, expected, "checkpoint after SFT + 2 RL steps")
+
+
+@pytest.mark.parametrize(
+  ("key", "value"), [("rl.prompts_per_step", 3), ("sft.batch_size", 5)], ids=["rl", "sft"]
+)
+def test_batch_that_does_not_split_over_processes_is_refused(monkeypatch, key, value):
+  from postrain.train import _mesh
+
+  cfg = case.config(((key, value),), data=1, tensor=-1)  # one batch piece: only this check
+  monkeypatch.setattr(_mesh.jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match=re.escape(f"config.{key}: ") + ".* 2 processes"):
+    _mesh.mesh_context(cfg)
