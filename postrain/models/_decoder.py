@@ -10,6 +10,11 @@ from postrain._validation import check_rank, check_shape
 from postrain.models._cache import KVCache
 from postrain.models._config import ModelConfig
 from postrain.models._layers import Block, RMSNorm, _init
+from postrain.sharding._jit import constrain
+
+# Logical axes of the residual stream (`postrain.sharding.constrain`; identity outside
+# `sharding.activation_sharding`): rows over the batch mesh axes, width as `embed_act` says.
+_RESIDUAL = ("batch", "length", "embed_act")
 
 
 def _check_int(name: str, x) -> None:
@@ -91,8 +96,10 @@ class Decoder(nnx.Module):
       layer_cache = (cache.k, cache.v, slot_valid, cache.end)
 
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+    x = constrain(x, _RESIDUAL)
     for i, layer in enumerate(self.layers):
       x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
+      x = constrain(x, _RESIDUAL)
       if layer_cache is not None:
         layer_cache = (k_cache, v_cache, *layer_cache[2:])
     hidden = self.final_norm(x)
@@ -108,6 +115,15 @@ class Decoder(nnx.Module):
     return self.lm_head[...]
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """f32[..., V] = hidden @ output_embedding(), accumulated in float32."""
+    """f32[..., V] = hidden @ output_embedding(), accumulated in float32.
+
+    Under `sharding.activation_sharding` the logits `[B, V]` / `[B, T, V]` are constrained to
+    (batch, [length,] vocab_act).
+    """
     w = self.output_embedding().astype(hidden.dtype)
-    return jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
+    if logits.ndim == 3:
+      logits = constrain(logits, ("batch", "length", "vocab_act"))
+    elif logits.ndim == 2:
+      logits = constrain(logits, ("batch", "vocab_act"))
+    return logits

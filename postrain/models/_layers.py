@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from postrain.models._config import ModelConfig
+from postrain.sharding._jit import constrain
 
 # Finite "minus infinity": a fully masked row stays finite (exp(NEG - NEG) = 1, masked out after).
 _NEG = -1e30
@@ -204,6 +205,10 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions_BT, self.inv_freq)
     k = apply_rope(k, positions_BT, self.inv_freq)
+    # Activation sharding (identity outside `sharding.activation_sharding`): heads over tensor.
+    q = constrain(q, ("batch", "length", "heads", "head_dim"))
+    k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
     # Query head n = kv_head * G + g (HF's repeat_kv order).
     q_BTKGH = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
@@ -236,7 +241,8 @@ class MLP(nnx.Module):
     dt = self.dtype
     gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate[...].astype(dt))
     up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up[...].astype(dt))
-    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, self.down[...].astype(dt))
+    hidden_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp_act"))
+    return jnp.einsum("BTF,FD->BTD", hidden_BTF, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):

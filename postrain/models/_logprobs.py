@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from postrain._validation import check_choice, check_rank, check_shape
 from postrain.models._decoder import Decoder
+from postrain.sharding._jit import constrain
 
 IMPLS = ("naive", "chunked", "pallas")
 
@@ -48,6 +49,9 @@ def token_logprobs_from_hidden(
   logits_NV = jnp.einsum(
     "ND,DV->NV", hidden, weight.astype(hidden.dtype), preferred_element_type=jnp.float32
   )
+  # N = B * (T - 1) rows in batch-major order: split like the batch (identity outside
+  # `sharding.activation_sharding`).
+  logits_NV = constrain(logits_NV, ("batch", "vocab_act"))
   lse_N = jax.nn.logsumexp(logits_NV, axis=-1)
   target_logit_N = jnp.take_along_axis(logits_NV, targets[:, None], axis=-1)[:, 0]
   p_NV = jnp.exp(logits_NV - lse_N[:, None])

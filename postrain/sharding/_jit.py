@@ -48,6 +48,23 @@ def _put(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(put, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
 
+def _own_trace(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """A new function object that calls `fn` (its Python function, when `fn` is a `jax.jit`).
+
+  JAX caches traces per function object, ignoring `activation_sharding`: a trace of `fn` taken
+  outside the context (a plain call of a jitted `fn`) must not be reused inside the sharded jit,
+  nor the constrained trace by a plain call. Unwrapping the jit makes the sharded jit trace the
+  body itself, under its own cache entry.
+  """
+  body = getattr(fn, "__wrapped__", fn)
+
+  def traced(*args):
+    return body(*args)
+
+  traced.__name__ = getattr(fn, "__name__", "fn")
+  return traced
+
+
 def check_batch(batch: Any, sharding: NamedSharding, name: str = "batch") -> None:
   """ValueError naming the array whose leading dimension the batch mesh axes do not divide."""
   spec = sharding.spec
@@ -82,7 +99,7 @@ def shard_update(
   def jitted(n_extra: int):
     if n_extra not in jits:
       jits[n_extra] = jax.jit(
-        update_fn,
+        _own_trace(update_fn),
         in_shardings=(param_shardings_, opt_shardings, batch_sharding_) + (rep,) * n_extra,
         out_shardings=(param_shardings_, opt_shardings, rep),
         donate_argnums=(0, 1) if donate else (),
@@ -116,7 +133,7 @@ def shard_logprob_fn(
   """`fn(params, tokens, mask, valid) -> logp` (`_steps.make_logprob_fn`) with the batch split on
   dimension 0 in and out."""
   b = batch_sharding_
-  jitted = jax.jit(fn, in_shardings=(param_shardings_, b, b, b), out_shardings=b)
+  jitted = jax.jit(_own_trace(fn), in_shardings=(param_shardings_, b, b, b), out_shardings=b)
 
   def call(params, tokens, mask, valid):
     check_batch({"tokens": tokens, "mask": mask, "valid": valid}, b, name="")
@@ -127,6 +144,13 @@ def shard_logprob_fn(
     with activation_sharding(b.mesh, logical_rules):
       return jitted(params, tokens, mask, valid)
 
+  def lower(params, tokens, mask, valid):
+    """The lowered computation for (abstract) arguments, traced with the activation rules."""
+    check_batch({"tokens": tokens, "mask": mask, "valid": valid}, b, name="")
+    with activation_sharding(b.mesh, logical_rules):
+      return jitted.lower(params, tokens, mask, valid)
+
+  call.lower = lower
   return call
 
 

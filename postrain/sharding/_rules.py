@@ -45,7 +45,15 @@ def default_rules() -> list[Rule]:
 
 
 def default_logical_axis_rules() -> list[LogicalRule]:
-  """Logical axis -> mesh axes: FSDP on embed, tensor parallelism on heads / MLP / vocabulary."""
+  """Logical axis -> mesh axes: FSDP on embed, tensor parallelism on heads / MLP / vocabulary.
+
+  The `*_act` names are activations only (`constrain` in the model; MaxText's `activation_*`):
+  the residual stream `[batch, length, embed_act]` is split over the batch and replicated over
+  tensor (Megatron layout: it feeds every tensor shard), the MLP hidden `[batch, length, mlp_act]`
+  and the logits `[batch, length, vocab_act]` are split over tensor like their weights. Attention
+  activations reuse `heads` / `kv_heads` / `head_dim`. A config without these names still works:
+  `constrain` leaves a dimension with an unknown name unconstrained.
+  """
   return [
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
@@ -58,6 +66,9 @@ def default_logical_axis_rules() -> list[LogicalRule]:
     ("length", None),
     ("cache_slots", None),
     ("layers", None),
+    ("embed_act", None),
+    ("mlp_act", "tensor"),
+    ("vocab_act", "tensor"),
   ]
 
 

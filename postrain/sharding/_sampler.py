@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
@@ -35,7 +36,11 @@ class ShardedSampler:
   repeat) is replicated instead. Call and `update` as `Sampler`; greedy decoding gives the same
   tokens as unsharded.
   Under several processes (`jax.distributed`) every process passes the same prompts and receives
-  the whole output (gathered from all processes' devices).
+  the whole output (gathered from all processes' devices); or, with `prompt_offset`, each process
+  passes only its own prompts (items `[prompt_offset, prompt_offset + len(prompts))` of the global
+  prompt list) and receives only their rows (read from its own devices, no all-gather of the
+  output). The prompt token ids (small) are exchanged so that every process runs the same global
+  computation: the output rows equal those of one process sampling the whole list.
   """
 
   def __init__(
@@ -67,10 +72,56 @@ class ShardedSampler:
     self._sampler._run_decode = self._run_decode
     self._jits: dict[Any, Any] = {}
 
-  def __call__(self, prompts: Any, **kwargs: Any) -> Any:
-    """Samples; see `postrain.sampling.Sampler.__call__` for the arguments."""
+  def __call__(self, prompts: Any, *, prompt_offset: int | None = None, **kwargs: Any) -> Any:
+    """Samples; see `postrain.sampling.Sampler.__call__` for the arguments.
+
+    prompt_offset: None (every process passes all prompts and gets all rows), or the index of this
+      process's first prompt in the global list (it passes its prompts, token-id lists, and gets
+      their `len(prompts) * n` rows). One process: the offset must be 0 (all prompts).
+    """
     with activation_sharding(self.mesh, self._logical):
-      return self._sampler(prompts, **kwargs)
+      if prompt_offset is None or jax.process_count() == 1:
+        if prompt_offset not in (None, 0):
+          raise ValueError(f"`prompt_offset`={prompt_offset}: one process holds every prompt (0).")
+        return self._sampler(prompts, **kwargs)
+      return self._sample_local(prompts, prompt_offset, **kwargs)
+
+  def _sample_local(
+    self, prompts: Any, offset: int, *, prompt_lengths: Any = None, **kwargs: Any
+  ) -> Any:
+    if prompt_lengths is not None or isinstance(prompts, (np.ndarray, jax.Array)):
+      raise TypeError("with `prompt_offset`, `prompts` must be a list of token-id lists.")
+    s, count = self._sampler, len(prompts)
+    p, mode = s._prepare(_gather_prompts(prompts, offset), None, **kwargs)
+    logits, cache = self._run_prefill(p, mode)
+    out = self._decode(
+      logits,
+      cache,
+      p,
+      mode,
+      key=kwargs["key"],
+      temperature=kwargs.get("temperature", 1.0),
+      top_p=kwargs.get("top_p"),
+      stop_tokens=kwargs.get("stop_tokens", ()),
+    )
+    rows = slice(offset * mode.n, (offset + count) * mode.n)
+    tokens, slp, mlp, lengths = (jnp.asarray(_process_rows(x, rows)) for x in out[:4])
+    distinct = slice(offset, offset + count)
+    mine = self._mod.PreparedPrompts(
+      tokens=p.tokens[rows],
+      valid=p.valid[rows],
+      positions=p.positions[rows],
+      lengths=p.lengths[rows],
+      distinct_tokens=p.distinct_tokens[distinct],
+      distinct_valid=p.distinct_valid[distinct],
+      distinct_positions=p.distinct_positions[distinct],
+    )
+    arrays = self._mod._assemble(
+      mine, tokens, slp, mlp, lengths, max_new_tokens=mode.max_new_tokens
+    )
+    return self._mod.SampleOutput(
+      **arrays, lengths=lengths, prompt_lengths=mine.lengths, prompt_len=int(p.tokens.shape[1])
+    )
 
   def update(self, model_or_state: nnx.Module | nnx.State) -> None:
     """Replaces the parameters (moved to their shardings; no recompilation)."""
@@ -118,7 +169,19 @@ class ShardedSampler:
     args = _put((p.distinct_tokens, p.distinct_valid, p.distinct_positions), (rows_p,) * 3)
     return self._jits[key](s.graphdef, s.state, *args)
 
-  def _run_decode(self, logits, cache, p, mode, *, key, temperature, top_p, stop_tokens) -> Any:
+  def _run_decode(self, logits, cache, p, mode, **kwargs: Any) -> Any:
+    out = self._decode(logits, cache, p, mode, **kwargs)
+    if jax.process_count() > 1:
+      # Several processes: every process gets the whole rollout (an all-gather of the tokens and
+      # log-probs), so the sampler's output is process-local like the unsharded sampler's.
+      from jax.experimental import multihost_utils
+
+      host = multihost_utils.process_allgather(out[:4], tiled=True)
+      out = (*(jnp.asarray(x) for x in host), out[4])
+    return out
+
+  def _decode(self, logits, cache, p, mode, *, key, temperature, top_p, stop_tokens) -> Any:
+    """The decode jit on the mesh: global (tokens, sample_logp, model_logp, lengths, cache)."""
     rows, jit_key = logits.shape[0], ("decode", logits.shape[0], mode)
     if jit_key not in self._jits:
       rep, rows_b, cache_sh = replicated(self.mesh), self._rows(rows), self._cache(rows)
@@ -135,12 +198,66 @@ class ShardedSampler:
     temp, tp = jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p)
     stop = stop_array(stop_tokens)
     lengths, stop, key, temp, tp = _put((p.lengths, stop, key, temp, tp), (rows_b, *[rep] * 4))
-    out = self._jits[jit_key](s.graphdef, s.state, cache, logits, lengths, stop, key, temp, tp)
-    if jax.process_count() > 1:
-      # Several processes: every process gets the whole rollout (an all-gather of the tokens and
-      # log-probs), so the sampler's output is process-local like the unsharded sampler's.
-      from jax.experimental import multihost_utils
+    return self._jits[jit_key](s.graphdef, s.state, cache, logits, lengths, stop, key, temp, tp)
 
-      host = multihost_utils.process_allgather(out[:4], tiled=True)
-      out = (*(jnp.asarray(x) for x in host), out[4])
-    return out
+
+def _gather_prompts(prompts: list[Any], offset: int) -> list[list[int]]:
+  """Every process's (offset, prompts) -> the global prompt list, identical on every process (an
+  all-gather of the small padded token-id arrays; overlapping items must agree)."""
+  from jax.experimental import multihost_utils
+
+  rows = [np.asarray(r, np.int32).reshape(-1) for r in prompts]
+  width = max((r.size for r in rows), default=0)
+  meta = np.asarray(
+    multihost_utils.process_allgather(np.array([offset, len(rows), width], np.int32))
+  )
+  count, width = int(meta[:, 1].max()), int(meta[:, 2].max())
+  ids = np.zeros((max(count, 1), max(width, 1)), np.int32)
+  lens = np.full((max(count, 1),), -1, np.int32)
+  for i, r in enumerate(rows):
+    ids[i, : r.size], lens[i] = r, r.size
+  all_ids = np.asarray(multihost_utils.process_allgather(ids))
+  all_lens = np.asarray(multihost_utils.process_allgather(lens))
+  total = int((meta[:, 0] + meta[:, 1]).max())
+  out: list[list[int] | None] = [None] * total
+  for proc, (start, num, _) in enumerate(meta.tolist()):
+    for i in range(num):
+      row = all_ids[proc, i, : all_lens[proc, i]].tolist()
+      if out[start + i] is not None and out[start + i] != row:
+        raise ValueError(f"processes disagree on prompt {start + i} of the step.")
+      out[start + i] = row
+  missing = [i for i, r in enumerate(out) if r is None]
+  if missing:
+    raise ValueError(f"no process passed prompts {missing}; the offsets leave a gap.")
+  return out  # type: ignore[return-value]
+
+
+def _process_rows(x: jax.Array, rows: slice) -> np.ndarray:
+  """Rows `rows` of a global array, read from this process's devices only (no communication).
+
+  ValueError when this process's devices do not hold all of them (the caller asked for rows of
+  another process).
+  """
+  if x.is_fully_addressable:
+    return np.asarray(x)[rows]
+  pieces: dict[int, Any] = {}
+  for shard in x.addressable_shards:
+    idx = shard.index[0] if shard.index else slice(None)
+    start = idx.start or 0
+    stop = x.shape[0] if idx.stop is None else idx.stop
+    if start < rows.stop and stop > rows.start and start not in pieces:
+      pieces[start] = (stop, shard.data)
+  out, at = [], rows.start
+  for start in sorted(pieces):
+    stop, data = pieces[start]
+    if start > at:
+      break
+    if stop > at:
+      out.append(np.asarray(data)[at - start : min(stop, rows.stop) - start])
+      at = min(stop, rows.stop)
+  if at < rows.stop:
+    raise ValueError(
+      f"rows [{rows.start}, {rows.stop}) of an array of shape {x.shape}: this process's devices "
+      f"hold only up to row {at}."
+    )
+  return np.concatenate(out, axis=0)

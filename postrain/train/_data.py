@@ -146,6 +146,8 @@ def sft_batch(
   curriculum_frac: float = 0.0,
   num_subproblems: int = 0,
   terse_frac: float = 0.0,
+  row_offset: int = 0,
+  total_rows: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Right-padded `prompt + reference solution + eos` sequences with a loss mask on the solution.
 
@@ -153,7 +155,9 @@ def sft_batch(
   chain and its reference `answer_k:` completion), so an SCRL run starts from a model that knows
   the curriculum format. A fixed `terse_frac` share of the problems (chosen by a hash of the
   problem id, so a problem is always shown the same way) is demonstrated by its final answer line
-  alone, without the working (`tasks.sft_example(worked=False)`).
+  alone, without the working (`tasks.sft_example(worked=False)`). A process that builds only its rows
+  of a batch of `total_rows` passes their global index `row_offset`: the curriculum rows are the
+  first of the whole batch.
 
   Returns tokens i32[B, max_len], valid bool[B, max_len], loss_mask f32[B, max_len].
   """
@@ -162,11 +166,11 @@ def sft_batch(
   tokens = np.full((n, max_len), max(tok.pad_id, 0), np.int32)
   valid = np.zeros((n, max_len), bool)
   loss_mask = np.zeros((n, max_len), np.float32)
-  num_curriculum = round(curriculum_frac * n)
+  num_curriculum = round(curriculum_frac * (n if total_rows is None else total_rows))
   for i, problem in enumerate(problems):
     chain = (
       tasks.scrl_chain(problem, num_subproblems=num_subproblems or None)
-      if i < num_curriculum
+      if row_offset + i < num_curriculum
       else None
     )
     if chain is not None:

@@ -94,18 +94,38 @@ def local_rows(sharding: NamedSharding, num_rows: int) -> slice:
   return slice(lo, hi)
 
 
-def local_items(
-  items: Sequence[Any], sharding: NamedSharding, *, rows_per_item: int = 1
-) -> list[Any]:
-  """This process's share of the step's prompts: item i fills rows `[i * rows_per_item, (i + 1) *
-  rows_per_item)` of the global batch (the RL group layout: `rows_per_item = group_size`)."""
-  rows = local_rows(sharding, len(items) * rows_per_item)
+def local_item_slice(num_items: int, sharding: NamedSharding, *, rows_per_item: int = 1) -> slice:
+  """The items (e.g. a step's prompts) this process owns: item i fills rows `[i * rows_per_item,
+  (i + 1) * rows_per_item)` of the global batch (the RL group layout: `rows_per_item =
+  group_size`), and a process owns the items of the rows its devices hold (`local_rows`).
+
+  With the batch axes ordered by process (`jax.make_mesh` on every backend here), process p owns
+  the p-th contiguous block: the global batch is process 0's rows, then process 1's, ...
+  """
+  rows = local_rows(sharding, num_items * rows_per_item)
   if rows.start % rows_per_item or rows.stop % rows_per_item:
     raise ValueError(
       f"this process holds rows [{rows.start}, {rows.stop}), which split groups of {rows_per_item}; "
       "make the per-process batch a multiple of the group size."
     )
-  return list(items[rows.start // rows_per_item : rows.stop // rows_per_item])
+  return slice(rows.start // rows_per_item, rows.stop // rows_per_item)
+
+
+def local_items(
+  items: Sequence[Any], sharding: NamedSharding, *, rows_per_item: int = 1
+) -> list[Any]:
+  """This process's share of the step's items (`local_item_slice`)."""
+  return list(items[local_item_slice(len(items), sharding, rows_per_item=rows_per_item)])
+
+
+def sum_over_processes(values: Any) -> np.ndarray:
+  """The sum over processes of small host counts (int32), identical on every process."""
+  from jax.experimental import multihost_utils
+
+  local = np.asarray(values, np.int32)
+  if jax.process_count() == 1:
+    return local
+  return np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
 
 
 def host_to_global(local: Any, sharding: NamedSharding, num_rows: int) -> Any:

@@ -12,6 +12,7 @@ axes; with several processes each places its own rows and process 0 writes the r
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -31,6 +32,7 @@ from postrain.train import (
   _data,
   _distill,
   _ftis,
+  _local,
   _mesh,
   _metrics,
   _rollout,
@@ -160,6 +162,9 @@ class Trainer:
       keep=config.checkpoint.keep,
     )
     self.step = 0
+    # (step, "sft" | "rl", ids of the problems this process loaded): the last steps, for tests and
+    # debugging of the per-process data split.
+    self.problem_log: collections.deque = collections.deque(maxlen=64)
     # Modes "opd" / "mopd": the teacher and the distillation step (postrain/train/_distill.py).
     self.distiller = _distill.Distiller(self) if config.mode in ("opd", "mopd") else None
     # F-TIS: rollouts of another model mixed into the RL batches (postrain/train/_ftis.py).
@@ -218,25 +223,30 @@ class Trainer:
     curriculum = (
       cfg.rl.scrl_curriculum_frac if cfg.rl.algorithm == "scrl" and cfg.mode == "rl" else 0.0
     )
-    # Every process builds the (cheap, host-side) batch and places only its own rows on its
-    # devices; the SCRL curriculum split depends on the global row index.
+    # Each process builds only its rows of the batch (all of them on one process); the SCRL
+    # curriculum split depends on the global row index.
+    mine = self.mesh.item_slice(len(problems))
+    self._record_problems("sft", problems[mine])
     host = _data.sft_batch(
       self.data,
-      problems,
+      problems[mine],
       cfg.sft.max_len,
       curriculum_frac=curriculum,
       num_subproblems=cfg.rl.scrl_num_subproblems,
       terse_frac=cfg.sft.terse_fraction,
+      row_offset=mine.start,
+      total_rows=len(problems),
     )
-    batch = self.mesh.from_host(host)
+    batch = self.mesh.from_local(host, len(problems))
     start = time.perf_counter()
     self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
     aux = self.mesh.to_host(aux)
     seconds = time.perf_counter() - start
+    tokens = self.mesh.sum_over_processes(host["valid"].sum())
     return {
       "sft_loss": aux["loss"],
       "grad_norm": aux["grad_norm"],
-      "train_tokens_per_s": float(host["valid"].sum()) / seconds,
+      "train_tokens_per_s": float(tokens) / seconds,
     }
 
   def _rl_step(self) -> dict[str, float]:
@@ -250,6 +260,9 @@ class Trainer:
     key = jax.random.fold_in(self.base_key, self.step)
     timeout_s = cfg.task.verifier_timeout_s
     scrl = rl.algorithm == "scrl"
+    if self._loads_own_prompts():
+      return _local.rl_step(self, problems, key, progress, rl_step)
+    self._record_problems("rl", problems)
     if scrl:  # mixed groups: G/2 curriculum samples, then G/2 of the original prompt
       chains = _scrl.chains_for(problems, rl.scrl_num_subproblems)
       prompts, n = _scrl.interleaved_prompts(self.data, problems, chains), rl.group_size // 2
@@ -317,6 +330,17 @@ class Trainer:
     )
     metrics.update(smepo_metrics)
     return metrics
+
+  def _loads_own_prompts(self) -> bool:
+    """Multi-process RL: each process samples and scores only its share of the step's prompts
+    (`_local.rl_step`). SCRL, SMEPO and F-TIS steps still run whole on every process."""
+    rl = self.config.rl
+    plain = rl.algorithm != "scrl" and not rl.smepo.enabled and self.ftis is None
+    return self.mesh.multi_process and plain
+
+  def _record_problems(self, kind: str, problems: list[Any]) -> None:
+    """The ids of the problems this process generated / scored at this step (`problem_log`)."""
+    self.problem_log.append((self.step, kind, [p.id for p in problems]))
 
   def evaluate(self) -> dict[str, float]:
     cfg = self.config

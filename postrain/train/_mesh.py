@@ -33,6 +33,7 @@ class MeshContext:
   logical_rules: list[sharding.LogicalRule]
   allow_replication: bool
   batch: NamedSharding
+  _slicers: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def batch_ways(self) -> int:
@@ -102,6 +103,36 @@ class MeshContext:
     """This process's share of the step's items (all of them on one process)."""
     return _distributed.local_items(items, self.batch, rows_per_item=rows_per_item)
 
+  def item_slice(self, num_items: int, rows_per_item: int = 1) -> slice:
+    """The step's items this process loads (`_distributed.local_item_slice`; all on one)."""
+    return _distributed.local_item_slice(num_items, self.batch, rows_per_item=rows_per_item)
+
+  def gather_rows(self, local: Any, num_rows: int) -> Any:
+    """This process's rows of small host arrays -> the global arrays on every process, in the
+    global row order (placed on the mesh, then all-gathered)."""
+    return self.to_host(self.from_local(local, num_rows))
+
+  def sum_over_processes(self, values: Any) -> np.ndarray:
+    return _distributed.sum_over_processes(values)
+
+  def device_minibatches(self, batch: Any, num: int) -> Iterator[Any]:
+    """The `num` consecutive row blocks of a batch of global arrays, each split over the batch
+    axes again (rows move between devices and processes on the mesh, not through the hosts)."""
+    rows = jax.tree.leaves(batch)[0].shape[0] // num
+    if num == 1:
+      yield batch
+      return
+    if rows not in self._slicers:
+      self._slicers[rows] = jax.jit(
+        lambda tree, start: jax.tree.map(
+          lambda x: jax.lax.dynamic_slice_in_dim(x, start, rows, axis=0), tree
+        ),
+        static_argnums=1,  # a Python int: no host array enters a multi-process jit
+        out_shardings=self.batch,
+      )
+    for i in range(num):
+      yield self._slicers[rows](batch, i * rows)
+
   def from_local(self, local: Any, num_rows: int) -> Any:
     """This process's rows of every array -> global arrays split on the batch dimension."""
     return _distributed.host_to_global(local, self.batch, num_rows)
@@ -160,6 +191,18 @@ def _check_batch_sizes(c: mlc.ConfigDict, ctx: MeshContext) -> None:
     raise ValueError(
       f"config.sft.batch_size: {c.sft.batch_size} rows do not split over the batch mesh axes "
       f"(mesh {shape}: {ways} pieces); make it a multiple of {ways}."
+    )
+  procs = jax.process_count()
+  if procs > 1 and c.sft.steps and c.sft.batch_size % procs:
+    raise ValueError(
+      f"config.sft.batch_size: {c.sft.batch_size} rows do not split over the {procs} processes "
+      "(each loads its own share of every batch); make it a multiple of the process count."
+    )
+  if procs > 1 and c.mode in ("rl", "opd", "mopd") and c.rl.steps and c.rl.prompts_per_step % procs:
+    raise ValueError(
+      f"config.rl.prompts_per_step: {c.rl.prompts_per_step} prompts do not split over the {procs} "
+      "processes (each samples and scores its own whole groups); make it a multiple of the "
+      "process count."
     )
   if c.mode == "rl" and c.rl.steps:
     rows = c.rl.prompts_per_step * c.rl.group_size // c.rl.updates_per_batch

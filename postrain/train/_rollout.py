@@ -27,9 +27,15 @@ def generate(
   temperature: float,
   top_k: int = 0,
   top_p: float = 1.0,
+  prompt_offset: int | None = None,
 ):
-  """Samples `n` responses per prompt (token ids); returns (SampleOutput, texts, seconds)."""
+  """Samples `n` responses per prompt (token ids); returns (SampleOutput, texts, seconds).
+
+  `prompt_offset` (a `sharding.ShardedSampler` of a multi-process run): `prompts` are this
+  process's share of the step's prompts, starting at that index; the output holds their rows only.
+  """
   start = time.perf_counter()
+  local = {} if prompt_offset is None else {"prompt_offset": prompt_offset}
   out = sampler(
     prompts,
     key=key,
@@ -40,6 +46,7 @@ def generate(
     n=n,
     stop_tokens=(data.tokenizer.eos_id,),
     pad_id=max(data.tokenizer.pad_id, 0),
+    **local,
   )
   tokens, mask = np.asarray(out.tokens), np.asarray(out.response_mask)
   texts = data.decode_responses(tokens, mask)
@@ -55,13 +62,21 @@ def score(
 
 
 def rl_batch(
-  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float
+  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float, rows: slice | None = None
 ) -> tuple[dict[str, Any], dict[str, float]]:
-  """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays)."""
+  """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays).
+
+  `rows` (a multi-process step): `out` holds rows `rows` of the step's batch and `rewards` all of
+  them, so group and batch statistics and the reward metrics are those of the whole batch; the
+  returned arrays are `out`'s rows ("response_len" is then the mean over `out`'s rows only).
+  """
   rewards_j = jnp.asarray(rewards, jnp.float32)
   mask = out.response_mask.astype(jnp.float32)
   adv = advantages.group_normalized(rewards_j, group_size=rl.group_size, scale=rl.adv_scale)
   zero_var = advantages.zero_variance_groups(rewards_j, group_size=rl.group_size)
+  zero_var_frac = jnp.mean(zero_var.astype(jnp.float32))
+  if rows is not None:
+    adv, zero_var, rewards_j = adv[rows], zero_var[rows], rewards_j[rows]
   loss_mask = mask
   if rl.dynamic_sampling:  # DAPO: groups without reward variance carry no signal; drop them.
     loss_mask = loss_mask * (~zero_var)[:, None].astype(jnp.float32)
@@ -85,7 +100,7 @@ def rl_batch(
   metrics = {
     "reward_mean": float(np.mean(rewards)),
     "reward_std": float(np.std(rewards)),
-    "zero_variance_frac": float(jnp.mean(zero_var.astype(jnp.float32))),
+    "zero_variance_frac": float(zero_var_frac),
     "response_len": float(np.mean(np.asarray(out.lengths))),
   }
   return batch, metrics

@@ -1,0 +1,106 @@
+"""Per-process data loading: two trainer processes (2 CPU devices each, `jax.distributed` on
+localhost) each load, sample and score only their half of every step's problems, and the run
+equals the one-process run (metrics and checkpoint)."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import trainer_case as case
+
+ANY_DEVICES = True  # spawns its own processes: runs in-process whatever this process's devices
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer_process_worker.py")
+TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(num: int, workdir) -> list[dict]:
+  os.makedirs(workdir, exist_ok=True)
+  port = _free_port()
+  env = case.one_device_env()
+  logs = [open(os.path.join(workdir, f"log{i}.txt"), "w") for i in range(num)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, WORKER, str(port), str(i), str(num), str(workdir)],
+      env=env,
+      cwd=case.REPO,
+      stdout=logs[i],
+      stderr=subprocess.STDOUT,
+      start_new_session=True,  # signals among the workers never reach the test process
+    )
+    for i in range(num)
+  ]
+  try:
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break  # one failed: the other would wait for it until its own timeout
+      time.sleep(0.5)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+    for f in logs:
+      f.close()
+  codes = [p.returncode for p in procs]
+  if codes != [0] * num:
+    tails = [open(os.path.join(workdir, f"log{i}.txt")).read()[-3000:] for i in range(num)]
+    pytest.fail(
+      f"exit codes {codes}\n" + "\n".join(f"--- {i} ---\n{t}" for i, t in enumerate(tails))
+    )
+  return [json.loads(open(os.path.join(workdir, f"done_{i}.json")).read()) for i in range(num)]
+
+
+def _by_step(log):
+  return {(step, kind): ids for step, kind, ids in log}
+
+
+@pytest.mark.slow
+def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_path):
+  ref_dir, two_dir = tmp_path / "one", tmp_path / "two"
+  (ref,) = _launch(1, ref_dir)
+  p0, p1 = _launch(2, two_dir)
+  assert ref["devices"] == 1 and p0["devices"] == p1["devices"] == 4
+  ref_log, log0, log1 = (
+    _by_step(ref["problem_log"]),
+    _by_step(p0["problem_log"]),
+    _by_step(p1["problem_log"]),
+  )
+  assert sorted(ref_log) == sorted(log0) == sorted(log1) == [(0, "sft"), (1, "rl"), (2, "rl")]
+  for key, full in ref_log.items():
+    mine0, mine1 = log0[key], log1[key]
+    assert len(mine0) == len(mine1) == len(full) // 2, key  # an even split of the step
+    assert not set(mine0) & set(mine1), key  # disjoint
+    assert mine0 + mine1 == full, key  # process 0's rows, then process 1's: the global order
+
+  # Same numbers as one process: the metrics process 0 wrote, and the final checkpoint.
+  ref_run, two_run = str(ref_dir / "run"), str(two_dir / "run")
+  records = case.train_records(two_run)
+  assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+  case.assert_records_close(records, case.train_records(ref_run))
+  assert case.checkpoint_steps(two_run) == case.checkpoint_steps(ref_run) == [3]
+  saved, expected = case.restore_numpy(two_run, 3), case.restore_numpy(ref_run, 3)
+  case.assert_trees_close(saved, expected, "checkpoint after SFT + 2 RL steps")
+
+
+@pytest.mark.parametrize(
+  ("key", "value"), [("rl.prompts_per_step", 3), ("sft.batch_size", 5)], ids=["rl", "sft"]
+)
+def test_batch_that_does_not_split_over_processes_is_refused(monkeypatch, key, value):
+  from postrain.train import _mesh
+
+  cfg = case.config(((key, value),), data=1, tensor=-1)  # one batch piece: only this check
+  monkeypatch.setattr(_mesh.jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match=re.escape(f"config.{key}: ") + ".* 2 processes"):
+    _mesh.mesh_context(cfg)
