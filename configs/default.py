@@ -1,8 +1,9 @@
 """The embedded default: a tiny decoder trained from scratch on chain sums, SFT then GSPO, on CPU.
 
 No downloads: reasoning-gym generates the problems, a sentencepiece tokenizer is trained on them,
-the model starts from random weights, is warm-started by SFT on project-generated step-by-step
-solutions, then improved by GSPO against reasoning-gym's own scorer. About 10 minutes on 2 CPU cores.
+the model starts from random weights, is warm-started by SFT on project-generated solutions (half
+worked step by step, half the bare answer), then improved by GSPO against reasoning-gym's own
+scorer. About 6 minutes on 2 idle CPU cores; held-out greedy pass@1 0.25 -> 0.585 (README).
 
   python -m postrain.train --config configs/default.py --workdir runs/default
   python -m postrain.train --config configs/default.py:scale=smoke --workdir runs/smoke   # ~1 minute
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None):
   c.sft.max_len = 96
 
   base.set_algorithm(c, arg.algorithm)
-  c.rl.steps = 40
+  c.rl.steps = 100
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
   c.rl.updates_per_batch = 2
@@ -45,11 +46,11 @@ def get_config(arg: str | None = None):
   c.rl.cache_size = 128
   c.rl.temperature = 1.0
 
-  c.eval.every = 20
+  c.eval.every = 25
   c.eval.num_problems = 200
   c.eval.k = 4
   c.eval.max_new_tokens = 40
-  c.checkpoint.every = 20
+  c.checkpoint.every = 25
 
   if arg.scale in ("smoke", "test"):  # a short end-to-end check of every stage
     c.task.num_train, c.task.num_eval = 300, 32
