@@ -36,6 +36,8 @@ def _constraints(hlo: str) -> collections.Counter:
 
 @pytest.fixture(scope="module")
 def sharded():
+  if jax.device_count() < 8:  # this process cannot host the mesh: conftest runs the tests in an
+    return None  # 8-device child process, which builds its own fixtures
   assert K == N  # q, k and v share one shape in EXPECTED
   assert jax.config.jax_use_shardy_partitioner  # the constraints below are Shardy's text
   mesh = sharding.make_mesh({"data": 2, "tensor": 4})
