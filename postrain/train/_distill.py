@@ -394,16 +394,8 @@ class Distiller:
     )
     tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
     key = jax.random.fold_in(tr.base_key, tr.step)
-    out, texts, sample_s = _rollout.generate(
-      tr.sampler,
-      tr.data,
-      tr.data.encode_prompts(problems),
-      key=key,
-      n=rl.group_size,
-      max_new_tokens=rl.max_new_tokens,
-      temperature=rl.temperature,
-      top_k=rl.top_k,
-      top_p=rl.top_p,
+    out, texts, sample_s = _rollout.generate_groups(
+      tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key
     )
     rewards, vstats = _rollout.score(
       tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s

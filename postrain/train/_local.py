@@ -37,17 +37,8 @@ def rl_step(
   tr._record_problems("rl", problems)
   num_rows = rl.prompts_per_step * rl.group_size
   rows = slice(mine.start * rl.group_size, mine.stop * rl.group_size)
-  out, texts, sample_s = _rollout.generate(
-    tr.sampler,
-    tr.data,
-    tr.data.encode_prompts(problems),
-    key=key,
-    n=rl.group_size,
-    max_new_tokens=rl.max_new_tokens,
-    temperature=rl.temperature,
-    top_k=rl.top_k,
-    top_p=rl.top_p,
-    prompt_offset=mine.start,
+  out, texts, sample_s = _rollout.generate_groups(
+    tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key, prompt_offset=mine.start
   )
   rewards, vstats = _rollout.score(
     tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s

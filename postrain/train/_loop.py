@@ -279,16 +279,8 @@ class Trainer:
         step=self.step,
         max_prompt_len=rl.cache_size - rl.max_new_tokens,
       )
-    out, texts, sample_s = _rollout.generate(
-      self.sampler,
-      self.data,
-      prompts,
-      key=key,
-      n=n,
-      max_new_tokens=rl.max_new_tokens,
-      temperature=rl.temperature,
-      top_k=rl.top_k,
-      top_p=rl.top_p,
+    out, texts, sample_s = _rollout.generate_groups(
+      self.sampler, self.data, prompts, rl, key=key, n=n
     )
     if scrl:
       *scored, vstats = _scrl.scrl_batch_rewards(

@@ -53,6 +53,32 @@ def generate(
   return out, texts, time.perf_counter() - start
 
 
+def generate_groups(
+  sampler: Sampler,
+  data: TaskData,
+  prompts: list[list[int]],
+  rl: mlc.ConfigDict,
+  *,
+  key: jax.Array,
+  n: int | None = None,
+  prompt_offset: int | None = None,
+):
+  """`generate` with the RL config's sampling settings; `n` samples per prompt (default
+  `rl.group_size`)."""
+  return generate(
+    sampler,
+    data,
+    prompts,
+    key=key,
+    n=rl.group_size if n is None else n,
+    max_new_tokens=rl.max_new_tokens,
+    temperature=rl.temperature,
+    top_k=rl.top_k,
+    top_p=rl.top_p,
+    prompt_offset=prompt_offset,
+  )
+
+
 def score(
   data: TaskData, problems: list[tasks.Problem], texts: list[str], n: int, timeout_s: float
 ) -> tuple[np.ndarray, tasks.VerifierStats]:
