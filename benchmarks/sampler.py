@@ -117,7 +117,7 @@ class BareModelLoop:
   The next token is a cheap function of all logits (so none is skipped); this bounds what any
   sampler on this model can reach, and the gap to the T=1 row is the sampler's own cost.
   `blocked_head=False` computes the logits with the plain `[8, D] x [D, V]` matmul instead of
-  the vocabulary-tiled head the sampler uses (`Decoder.decode_head`): the side-by-side effect.
+  the vocabulary-tiled head the sampler uses on CPU (`Decoder.decode_head`): the side-by-side effect.
   """
 
   def __init__(self, model, prompts, *, cache_size, blocked_head=True):

@@ -136,8 +136,9 @@ def _decode_impl(
   while_loop; returns the response buffers [B, max_new], the lengths and the cache."""
   model = nnx.merge(graphdef, state)
   b, m = logits.shape[0], mode.max_new_tokens
-  # The LM head in the layout the per-step logits read fastest, built once outside the loop.
-  head = model.decode_head()
+  # On XLA:CPU the LM head in the layout its few-row product reads fastest (`decode_head`),
+  # built once outside the loop; accelerators keep the plain matmul (their matrix units).
+  head = model.decode_head() if jax.default_backend() == "cpu" else None
   first = _select(logits, key, 0, temperature, top_p, mode)
 
   def put(buf, col, x):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -98,10 +98,6 @@ class MeshContext:
     return sharding.ShardedSampler(model, self.mesh, **self.rule_kwargs(), **kwargs)
 
   # -- batches ----------------------------------------------------------------------------------
-
-  def local_items(self, items: Sequence[Any], rows_per_item: int = 1) -> list[Any]:
-    """This process's share of the step's items (all of them on one process)."""
-    return _distributed.local_items(items, self.batch, rows_per_item=rows_per_item)
 
   def item_slice(self, num_items: int, rows_per_item: int = 1) -> slice:
     """The step's items this process loads (`_distributed.local_item_slice`; all on one)."""
