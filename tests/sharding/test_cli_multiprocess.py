@@ -3,10 +3,8 @@ on localhost: one (data=2, fsdp=2) mesh, one SFT and one RL step, one checkpoint
 equal to the one-process run."""
 
 import os
-import socket
-import subprocess
-import time
 
+import process_group
 import pytest
 import trainer_case as case
 
@@ -22,55 +20,19 @@ OVERRIDES = (
 )
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _run_two_processes(workdir, tmp_path):
-  port = _free_port()
+  port = process_group.free_port()
   args = case.cli_args(workdir, (*OVERRIDES, ("mesh.data", 2), ("mesh.fsdp", 2)))
-  logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(2)]
-  procs = []
-  try:
-    for i in range(2):
-      env = case.one_device_env(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-        JAX_NUM_PROCESSES="2",
-        JAX_PROCESS_ID=str(i),
-      )
-      procs.append(
-        subprocess.Popen(
-          args,
-          env=env,
-          cwd=case.REPO,
-          stdout=logs[i],
-          stderr=subprocess.STDOUT,
-          start_new_session=True,  # signals among the workers never reach the test process
-        )
-      )
-    deadline = time.monotonic() + TIMEOUT_S
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-      if any(p.poll() not in (None, 0) for p in procs):
-        break  # one failed: the other would wait for it until its own timeout
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.wait()
-    for f in logs:
-      f.close()
-  outs = [(tmp_path / f"log{i}.txt").read_text() for i in range(2)]
-  codes = [p.returncode for p in procs]
-  if codes != [0, 0]:
-    pytest.fail(
-      f"exit codes {codes}\n--- process 0 ---\n{outs[0][-3000:]}\n--- process 1 ---\n"
-      f"{outs[1][-3000:]}"
+  envs = [
+    case.one_device_env(
+      XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+      JAX_NUM_PROCESSES="2",
+      JAX_PROCESS_ID=str(i),
     )
-  return outs
+    for i in range(2)
+  ]
+  return process_group.run([args, args], envs, tmp_path, timeout_s=TIMEOUT_S, cwd=case.REPO)
 
 
 @pytest.mark.slow

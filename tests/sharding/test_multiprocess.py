@@ -3,13 +3,11 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
+import process_group
 import pytest
 import sharding_case as case
 from jax.sharding import SingleDeviceSharding
@@ -21,46 +19,12 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_two_process_
 TIMEOUT_S = 600
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_and_checkpoint(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTEST_XDIST_WORKER")}
-  port = _free_port()
-  logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(2)]
-  procs = [
-    subprocess.Popen(
-      [sys.executable, WORKER, str(port), str(i), str(tmp_path)],
-      env=env,
-      stdout=logs[i],
-      stderr=subprocess.STDOUT,
-      start_new_session=True,  # signals among the workers never reach the test process
-    )
-    for i in range(2)
-  ]
-  try:
-    deadline = time.monotonic() + TIMEOUT_S
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-      if any(p.poll() not in (None, 0) for p in procs):
-        break  # one failed: the other would wait for it until its own timeout
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.wait()
-    for f in logs:
-      f.close()
-  codes = [p.returncode for p in procs]
-  if codes != [0, 0]:
-    tails = [(tmp_path / f"log{i}.txt").read_text()[-3000:] for i in range(2)]
-    pytest.fail(
-      f"worker exit codes {codes}\n--- process 0 ---\n{tails[0]}\n--- process 1 ---\n{tails[1]}"
-    )
+  port = process_group.free_port()
+  cmds = [[sys.executable, WORKER, str(port), str(i), str(tmp_path)] for i in range(2)]
+  process_group.run(cmds, [env, env], tmp_path, timeout_s=TIMEOUT_S)
 
   done = [json.loads((tmp_path / f"done_{i}.json").read_text()) for i in range(2)]
   assert [d["rows"] for d in done] == [[0, 4], [4, 8]]  # each process fed its half of the batch

@@ -5,11 +5,9 @@ equals the one-process run (metrics and checkpoint)."""
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 
+import process_group
 import pytest
 import trainer_case as case
 
@@ -18,47 +16,13 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer_proc
 TIMEOUT_S = 600
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _launch(num: int, workdir) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
-  port = _free_port()
-  env = case.one_device_env()
-  logs = [open(os.path.join(workdir, f"log{i}.txt"), "w") for i in range(num)]
-  procs = [
-    subprocess.Popen(
-      [sys.executable, WORKER, str(port), str(i), str(num), str(workdir)],
-      env=env,
-      cwd=case.REPO,
-      stdout=logs[i],
-      stderr=subprocess.STDOUT,
-      start_new_session=True,  # signals among the workers never reach the test process
-    )
-    for i in range(num)
-  ]
-  try:
-    deadline = time.monotonic() + TIMEOUT_S
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-      if any(p.poll() not in (None, 0) for p in procs):
-        break  # one failed: the other would wait for it until its own timeout
-      time.sleep(0.5)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.wait()
-    for f in logs:
-      f.close()
-  codes = [p.returncode for p in procs]
-  if codes != [0] * num:
-    tails = [open(os.path.join(workdir, f"log{i}.txt")).read()[-3000:] for i in range(num)]
-    pytest.fail(
-      f"exit codes {codes}\n" + "\n".join(f"--- {i} ---\n{t}" for i, t in enumerate(tails))
-    )
+  port = process_group.free_port()
+  cmds = [[sys.executable, WORKER, str(port), str(i), str(num), str(workdir)] for i in range(num)]
+  process_group.run(
+    cmds, [case.one_device_env()] * num, workdir, timeout_s=TIMEOUT_S, cwd=case.REPO
+  )
   return [json.loads(open(os.path.join(workdir, f"done_{i}.json")).read()) for i in range(num)]
 
 
