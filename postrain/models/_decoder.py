@@ -118,8 +118,9 @@ class Decoder(nnx.Module):
   def decode_head(self, block: int = DEFAULT_HEAD_BLOCK) -> jax.Array:
     """The output projection as vocabulary tiles [ceil(V / block), D, block] (`blocked_head`).
 
-    Build it once before a decode loop and pass it to `logits(..., head=)` in every step: the
-    per-step product of a few rows then runs ~1.4x faster on XLA:CPU than the plain matmul.
+    Build it once before a decode loop and pass it to `logits(..., head=)` in every step. An
+    opt-in layout: on XLA:CPU it was faster than the plain matmul on a host with contended memory
+    bandwidth and slower on an idle one (docs/benchmarks.md); the sampler uses the matmul.
     """
     return blocked_head(self.output_embedding(), block=block)
 

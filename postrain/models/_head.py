@@ -4,9 +4,10 @@ A decode step multiplies a handful of rows (`B` = batch, one token each) by the 
 projection, usually the largest parameter. XLA:CPU runs that `M = B` matmul far below memory
 bandwidth (its kernels pack the whole weight on every call). Laid out as `[V / c, D, c]`, the
 same product is a broadcast-multiply-reduce over `D` that streams each `[D, c]` tile once and
-keeps it in L1 for the `B` rows: measured ~1.4x faster per call for B = 8, D = 256, V = 32000
-(`docs/benchmarks.md`). A decode loop builds the layout once (`blocked_head`, one copy of the
-weight) and calls `blocked_logits` every step.
+keeps it in L1 for the `B` rows: measured ~1.4x faster per call for B = 8, D = 256, V = 32000 on
+a loaded host, but slower than the matmul inside a decode loop on an idle one
+(`docs/benchmarks.md`), so it is opt-in. A decode loop builds the layout once (`blocked_head`,
+one copy of the weight) and calls `blocked_logits` every step.
 """
 
 from __future__ import annotations

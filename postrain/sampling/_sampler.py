@@ -136,9 +136,6 @@ def _decode_impl(
   while_loop; returns the response buffers [B, max_new], the lengths and the cache."""
   model = nnx.merge(graphdef, state)
   b, m = logits.shape[0], mode.max_new_tokens
-  # On XLA:CPU the LM head in the layout its few-row product reads fastest (`decode_head`),
-  # built once outside the loop; accelerators keep the plain matmul (their matrix units).
-  head = model.decode_head() if jax.default_backend() == "cpu" else None
   first = _select(logits, key, 0, temperature, top_p, mode)
 
   def put(buf, col, x):
@@ -159,7 +156,7 @@ def _decode_impl(
     # `last` was generated at step - 1: its position follows the prompt.
     pos = (prompt_lengths + step - 1)[:, None]
     hidden, cache = model(last[:, None], pos, valid=~done[:, None], cache=cache)
-    sel = _select(model.logits(hidden[:, 0], head=head), key, step, temperature, top_p, mode)
+    sel = _select(model.logits(hidden[:, 0]), key, step, temperature, top_p, mode)
     active = ~done
     tok = jnp.where(active, sel.tokens, mode.pad_id)
     tokens = put(tokens, step, tok)
