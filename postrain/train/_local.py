@@ -13,13 +13,11 @@ and metrics of the whole batch), so the numbers equal a one-process run's.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from postrain import losses
 from postrain.train import _mesh, _rollout
 
 
@@ -54,16 +52,7 @@ def rl_step(
     batch["ref_logp"] = tr.ref_logprobs(
       tr.ref_params, batch["tokens"], batch["mask"], batch["valid"]
     )
-  margin = losses.margin_schedule(
-    rl_step, tr.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
-  )
-  start = time.perf_counter()
-  auxes = []
-  for mb in mesh.device_minibatches(batch, rl.updates_per_batch):
-    tr.params, tr.opt_state, aux = tr.rl_update(tr.params, tr.opt_state, mb, margin)
-    auxes.append(aux)
-  metrics.update(mesh.mean_metrics(auxes))
-  update_s = time.perf_counter() - start
+  update_s = tr.rl_updates(mesh.device_minibatches(batch, rl.updates_per_batch), rl_step, metrics)
   timeouts, errors, train_tokens = mesh.sum_over_processes(
     [vstats.timeouts, vstats.errors, int(valid.sum())]
   )
@@ -73,6 +62,5 @@ def rl_step(
     train_tokens_per_s=float(train_tokens) / update_s,
     verifier_timeouts=float(timeouts),
     verifier_errors=float(errors),
-    margin=float(margin),
   )
   return metrics

@@ -301,16 +301,7 @@ class Trainer:
       batch["ref_logp"] = self.mesh.to_host(
         self.ref_logprobs(self.ref_params, placed["tokens"], placed["mask"], placed["valid"])
       )
-    margin = losses.margin_schedule(
-      rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
-    )
-    start = time.perf_counter()
-    auxes = []
-    for mb in self.mesh.minibatches(batch, rl.updates_per_batch):
-      self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
-      auxes.append(aux)
-    metrics.update(self.mesh.mean_metrics(auxes))
-    update_s = time.perf_counter() - start
+    update_s = self.rl_updates(self.mesh.minibatches(batch, rl.updates_per_batch), rl_step, metrics)
     generated = float(np.asarray(out.lengths).sum())
     metrics.update(
       accuracy=float(np.mean(rewards > 0.5)),
@@ -318,10 +309,24 @@ class Trainer:
       train_tokens_per_s=float(np.asarray(out.valid).sum()) / update_s,
       verifier_timeouts=float(vstats.timeouts),
       verifier_errors=float(vstats.errors),
-      margin=float(margin),
     )
     metrics.update(smepo_metrics)
     return metrics
+
+  def rl_updates(self, minibatches: Any, rl_step: int, metrics: dict[str, float]) -> float:
+    """One optimiser step per minibatch of an RL batch, with this step's ConSPO margin; adds the
+    mean aux metrics and the margin to `metrics` and returns the seconds the updates took."""
+    rl = self.config.rl
+    margin = losses.margin_schedule(
+      rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
+    )
+    start = time.perf_counter()
+    auxes = []
+    for mb in minibatches:
+      self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
+      auxes.append(aux)
+    metrics.update(self.mesh.mean_metrics(auxes), margin=float(margin))
+    return time.perf_counter() - start
 
   def _loads_own_prompts(self) -> bool:
     """Multi-process RL: each process samples and scores only its share of the step's prompts
