@@ -1,10 +1,10 @@
 """8 fake CPU devices for the sharding tests.
 
-XLA_FLAGS is read when the JAX backend starts, so the flag is set here at import, before any test
-touches a device. When the backend already started with fewer devices in this process (another
-test directory ran first, e.g. `python -m pytest -n 2` over the whole suite), the tests of this
-directory run in one child pytest process that has the flag (shared by the xdist workers through a
-file lock), and each test here reports its child's outcome. A module with `ANY_DEVICES = True`
+XLA_FLAGS is read when the JAX backend starts, so when the command line names only tests of this
+directory the flag is set here at import, before any test touches a device. Otherwise (the whole
+suite, `python -m pytest -n 2`, or any xdist worker) this process keeps its devices, and the tests
+of this directory run in one child pytest process that has the flag (shared by the xdist workers
+through a file lock); each test here reports its child's outcome. A module with `ANY_DEVICES = True`
 always runs in-process.
 """
 
@@ -16,14 +16,32 @@ import sys
 import tempfile
 
 FLAG = "--xla_force_host_platform_device_count=8"
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _only_this_directory(argv: list[str]) -> bool:
+  """True when every path argument of the pytest command line lies in this directory.
+
+  Only then may the flag go into this process: in a run that also collects other directories it
+  would give their tests 8 devices too (a default `data=-1` mesh then splits their batches 8 ways),
+  depending on whether the backend started before this file was imported.
+  """
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share one child run instead
+    return False
+  paths = [a.split("::")[0] for a in argv[1:] if not a.startswith("-")]
+  paths = [os.path.abspath(p) for p in paths if os.path.exists(p)]
+  return bool(paths) and all((p + os.sep).startswith(HERE + os.sep) for p in paths)
+
+
+if "xla_force_host_platform_device_count" not in os.environ.get(
+  "XLA_FLAGS", ""
+) and _only_this_directory(sys.argv):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 NUM_DEVICES = 8
-HERE = os.path.dirname(os.path.abspath(__file__))
 _REPORT_ENV = "POSTRAIN_SHARDING_CHILD_REPORT"
 _CHILD_TIMEOUT_S = 1800
 _results: dict[str, dict[str, str]] = {}
