@@ -1,6 +1,8 @@
 """One process of a trainer run: `python _trainer_process_worker.py PORT PROCESS_ID NUM_PROCESSES
-WORKDIR`. With 2 processes (2 CPU devices each) they form a (data=2, fsdp=2) mesh; with 1 process
-it is the one-device reference. Writes `done_{pid}.json` with the problems this process loaded.
+WORKDIR [OVERRIDES_JSON]`. With 2 processes (2 CPU devices each) they form a (data=2, fsdp=2) mesh;
+with 1 process it is the one-device reference. OVERRIDES_JSON: a JSON list of [key, value] config
+overrides applied after the defaults below. Writes `done_{pid}.json` with the problems this process
+loaded.
 """
 
 import json
@@ -35,14 +37,15 @@ OVERRIDES = (
 )
 
 
-def main(port: int, pid: int, num: int, workdir: str) -> None:
+def main(port: int, pid: int, num: int, workdir: str, extra: list) -> None:
   mesh = {}
   if num > 1:
     assert _distributed.initialize_distributed(
       {"coordinator_address": f"localhost:{port}", "num_processes": num, "process_id": pid}
     )
     mesh = {"data": 2, "fsdp": 2}
-  trainer = train.Trainer(case.config(OVERRIDES, **mesh), os.path.join(workdir, "run"))
+  overrides = (*OVERRIDES, *(tuple(kv) for kv in extra))
+  trainer = train.Trainer(case.config(overrides, **mesh), os.path.join(workdir, "run"))
   trainer.run()
   log = [[step, kind, ids] for step, kind, ids in trainer.problem_log]
   with open(os.path.join(workdir, f"done_{pid}.json"), "w") as f:
@@ -52,4 +55,5 @@ def main(port: int, pid: int, num: int, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  main(int(sys.argv[1]), int(sys.argv[2]), NUM_PROCESSES, sys.argv[4])
+  extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else []
+  main(int(sys.argv[1]), int(sys.argv[2]), NUM_PROCESSES, sys.argv[4], extra)

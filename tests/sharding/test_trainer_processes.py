@@ -16,10 +16,13 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer_proc
 TIMEOUT_S = 600
 
 
-def _launch(num: int, workdir) -> list[dict]:
+def _launch(num: int, workdir, overrides=()) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   port = process_group.free_port()
-  cmds = [[sys.executable, WORKER, str(port), str(i), str(num), str(workdir)] for i in range(num)]
+  extra = json.dumps([list(kv) for kv in overrides])
+  cmds = [
+    [sys.executable, WORKER, str(port), str(i), str(num), str(workdir), extra] for i in range(num)
+  ]
   process_group.run(
     cmds, [case.one_device_env()] * num, workdir, timeout_s=TIMEOUT_S, cwd=case.REPO
   )
@@ -30,18 +33,20 @@ def _by_step(log):
   return {(step, kind): ids for step, kind, ids in log}
 
 
-@pytest.mark.slow
-def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_path):
+def check_two_processes_equal_one(tmp_path, overrides=(), steps=((0, "sft"), (1, "rl"), (2, "rl"))):
+  """Runs the worker on 1 and on 2 processes with `overrides`: each process of the pair loaded
+  half of every step's problems (disjoint, process 0's then process 1's = the one-process list),
+  and the metrics and the final checkpoint equal the one-process run's."""
   ref_dir, two_dir = tmp_path / "one", tmp_path / "two"
-  (ref,) = _launch(1, ref_dir)
-  p0, p1 = _launch(2, two_dir)
+  (ref,) = _launch(1, ref_dir, overrides)
+  p0, p1 = _launch(2, two_dir, overrides)
   assert ref["devices"] == 1 and p0["devices"] == p1["devices"] == 4
   ref_log, log0, log1 = (
     _by_step(ref["problem_log"]),
     _by_step(p0["problem_log"]),
     _by_step(p1["problem_log"]),
   )
-  assert sorted(ref_log) == sorted(log0) == sorted(log1) == [(0, "sft"), (1, "rl"), (2, "rl")]
+  assert sorted(ref_log) == sorted(log0) == sorted(log1) == sorted(steps)
   for key, full in ref_log.items():
     mine0, mine1 = log0[key], log1[key]
     assert len(mine0) == len(mine1) == len(full) // 2, key  # an even split of the step
@@ -56,6 +61,11 @@ def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_
   assert case.checkpoint_steps(two_run) == case.checkpoint_steps(ref_run) == [3]
   saved, expected = case.restore_numpy(two_run, 3), case.restore_numpy(ref_run, 3)
   case.assert_trees_close(saved, expected, "checkpoint after SFT + 2 RL steps")
+
+
+@pytest.mark.slow
+def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_path):
+  check_two_processes_equal_one(tmp_path)
 
 
 @pytest.mark.parametrize(
