@@ -45,6 +45,7 @@ def _loop_timer(body_fn, *args):
 def main(repeats: int) -> None:
   import jax
   import jax.numpy as jnp
+
   from postrain import models
 
   cfg = models.get_config("tiny-qwen3")
@@ -67,7 +68,7 @@ def main(repeats: int) -> None:
   bw = CopyBandwidth()
   times = {k: [] for k in timers}
   copies = []
-  for k, (timer, c) in timers.items():
+  for timer, c in timers.values():
     timer(c)  # compile
   for _ in range(repeats):
     copies.append(min(bw.time_once() for _ in range(3)))
