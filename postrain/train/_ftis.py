@@ -12,6 +12,9 @@ sampled, and the verifier rewards, in groups of `group_size`. A learner with
 
 The learner's own samples go through the same loss with π_gen = π_θ (ρ̄ = 1, nothing filtered).
 ρ̄ and the filter are computed once per batch with the parameters before the step's first update.
+
+Batch layout (one process or many): the foreign groups are a block after all own rows,
+`[own; foreign]` (`ForeignRollouts.extend_global`).
 """
 
 from __future__ import annotations
@@ -166,39 +169,101 @@ class ForeignRollouts:
     groups = (rl_step * n + np.arange(n)) % self.num_groups
     return (groups[:, None] * g + np.arange(g)[None, :]).reshape(-1)
 
-  def extend(self, batch: dict[str, Any], rl_step: int) -> tuple[dict[str, Any], dict[str, float]]:
-    """Own RL batch (sampler layout) + this step's foreign groups, aligned, with F-TIS weights."""
-    tr, rl = self.trainer, self.rl
-    pad = max(tr.data.tokenizer.pad_id, 0)
-    resp = rl.max_new_tokens
-    own_tp = batch["tokens"].shape[1] - resp
-    foreign_tp = self.data["tokens"].shape[1] - self.resp_len
-    width = max(own_tp, foreign_tp)
-    idx = self.rows(rl_step)
-    fills = {"tokens": pad, "valid": False}
-    foreign = {
-      k: realign(self.data[k][idx], self.resp_len, width, resp, fills.get(k, 0))
-      for k in _ARRAYS[:4]
-    }
-    foreign["rewards"] = self.data["rewards"][idx]
-    learner_logp = tr.ref_logprobs(
-      tr.params,
-      jnp.asarray(foreign["tokens"]),
-      jnp.asarray(foreign["response_mask"]),
-      jnp.asarray(foreign["valid"]),
-    )
-    fb, metrics = ftis_batch(
-      foreign, learner_logp, group_size=rl.group_size, adv_scale=rl.adv_scale, ftis=rl.ftis
-    )
+  def prompt_width(self, own_prompt_width: int) -> int:
+    """The common prompt width of own and foreign rows (both left-padded to it)."""
+    return max(own_prompt_width, self.data["tokens"].shape[1] - self.resp_len)
+
+  def align_own(self, batch: dict[str, Any], width: int) -> dict[str, np.ndarray]:
+    """Own rows (sampler layout, host or device arrays) -> numpy at prompt width `width`, with
+    `is_weights` = the response mask (generator = learner: ρ̄ = 1 on response tokens)."""
+    resp, fill = self.rl.max_new_tokens, self._fills()
     own = {}
     for k, v in batch.items():
       v = np.asarray(v)
-      if v.ndim == 2 and v.shape[1] == own_tp + resp:
-        v = realign(v, resp, width, resp, fills.get(k, 0))
-      own[k] = jnp.asarray(v)
-    own["is_weights"] = own["mask"]  # generator = learner: ρ̄ = 1 on response tokens
-    if set(own) != set(fb):
-      missing = sorted(set(own) ^ set(fb))
+      if v.ndim == 2 and v.shape[1] == batch["tokens"].shape[1]:
+        v = realign(v, resp, width, resp, fill.get(k, 0))
+      own[k] = v
+    own["is_weights"] = own["mask"]
+    return own
+
+  def foreign_block(
+    self,
+    rl_step: int,
+    width: int,
+    learner_logprobs: Any,
+    dtypes: dict[str, Any],
+  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """This step's foreign groups at prompt width `width` with their F-TIS fields (numpy, all
+    rows, the same on every process) and the F-TIS metrics.
+
+    learner_logprobs: `(tokens, mask, valid) -> f32[Bf, T]`, the learner's log-probs of the
+      foreign tokens with the parameters before the step's first update.
+    dtypes: the own batch's field -> dtype (the foreign fields are cast to them; the field sets
+      must be equal).
+    """
+    resp, fill = self.rl.max_new_tokens, self._fills()
+    idx = self.rows(rl_step)
+    foreign = {
+      k: realign(self.data[k][idx], self.resp_len, width, resp, fill.get(k, 0)) for k in _ARRAYS[:4]
+    }
+    foreign["rewards"] = self.data["rewards"][idx]
+    learner_logp = learner_logprobs(foreign["tokens"], foreign["response_mask"], foreign["valid"])
+    fb, metrics = ftis_batch(
+      foreign,
+      learner_logp,
+      group_size=self.rl.group_size,
+      adv_scale=self.rl.adv_scale,
+      ftis=self.rl.ftis,
+    )
+    if set(dtypes) != set(fb):
+      missing = sorted(set(dtypes) ^ set(fb))
       raise ValueError(f"rl.ftis: cannot merge batches with fields {missing}")
-    merged = {k: jnp.concatenate([own[k], fb[k].astype(own[k].dtype)], axis=0) for k in own}
+    return {k: np.asarray(fb[k]).astype(dtypes[k]) for k in dtypes}, metrics
+
+  def extend(self, batch: dict[str, Any], rl_step: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Own RL batch (sampler layout, all rows on this host) + this step's foreign groups, aligned,
+    with F-TIS weights: the `[own; foreign]` rows of `extend_global`, as host arrays."""
+    tr = self.trainer
+    width = self.prompt_width(batch["tokens"].shape[1] - self.rl.max_new_tokens)
+    own = self.align_own(batch, width)
+
+    def logprobs(tokens, mask, valid):
+      return tr.ref_logprobs(tr.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(valid))
+
+    fb, metrics = self.foreign_block(rl_step, width, logprobs, {k: v.dtype for k, v in own.items()})
+    merged = {k: jnp.concatenate([jnp.asarray(own[k]), fb[k]], axis=0) for k in own}
     return merged, metrics
+
+  def extend_global(
+    self, own: dict[str, np.ndarray], num_rows: int, rl_step: int
+  ) -> tuple[dict[str, Any], dict[str, float]]:
+    """This process's own rows (host, sampler layout) -> the step's global batch on the mesh:
+    the `num_rows` own rows, then the foreign block, and the F-TIS metrics.
+
+    Layout: the foreign rows form their own block after the own rows, `[own_0 .. own_{B-1};
+    foreign_0 .. foreign_{Bf-1}]`, exactly the one-process batch, whatever the process count. Each
+    process places its own rows of the first block (`MeshContext.from_local`); every process
+    holds the whole (small) foreign block, computes its F-TIS fields identically (the learner
+    log-probs are one sharded computation, then all-gathered) and places its slices of it
+    (`MeshContext.from_host`); the blocks are joined on the mesh (`MeshContext.concat_rows`), so
+    consecutive minibatches cut the same rows as on one process. Needs `Bf =
+    ftis.prompts_per_step * group_size` rows that split over the batch mesh axes (checked by
+    `_mesh.mesh_context`).
+    """
+    tr, mesh = self.trainer, self.trainer.mesh
+    width = self.prompt_width(own["tokens"].shape[1] - self.rl.max_new_tokens)
+    own = self.align_own(own, width)
+
+    def logprobs(tokens, mask, valid):
+      placed = mesh.from_host({"tokens": tokens, "mask": mask, "valid": valid})
+      logp = tr.ref_logprobs(tr.params, placed["tokens"], placed["mask"], placed["valid"])
+      # Several processes: all-gathered, so the F-TIS fields are host math on every process. One
+      # process keeps the mesh array (its metrics reduce over the devices, as they always did).
+      return mesh.to_host(logp) if mesh.multi_process else logp
+
+    fb, metrics = self.foreign_block(rl_step, width, logprobs, {k: v.dtype for k, v in own.items()})
+    batch = mesh.concat_rows(mesh.from_local(own, num_rows), mesh.from_host(fb))
+    return batch, metrics
+
+  def _fills(self) -> dict[str, Any]:
+    return {"tokens": max(self.trainer.data.tokenizer.pad_id, 0), "valid": False}

@@ -36,8 +36,6 @@ from postrain.train import (
   _mesh,
   _metrics,
   _rollout,
-  _scrl,
-  _smepo,
   _steps,
   _teacher,
 )
@@ -250,6 +248,8 @@ class Trainer:
     }
 
   def _rl_step(self) -> dict[str, float]:
+    """One RL step (`_local.rl_step`: every variant, one process or many; each process samples
+    and scores its own share of the step's prompts, all of them on one process)."""
     cfg, rl = self.config, self.config.rl
     rl_step = self.step - self.sft_steps
     progress = rl_step / max(self.rl_steps, 1)
@@ -258,60 +258,7 @@ class Trainer:
     )
     self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
     key = jax.random.fold_in(self.base_key, self.step)
-    timeout_s = cfg.task.verifier_timeout_s
-    scrl = rl.algorithm == "scrl"
-    if self._loads_own_prompts():
-      return _local.rl_step(self, problems, key, progress, rl_step)
-    self._record_problems("rl", problems)
-    if scrl:  # mixed groups: G/2 curriculum samples, then G/2 of the original prompt
-      chains = _scrl.chains_for(problems, rl.scrl_num_subproblems)
-      prompts, n = _scrl.interleaved_prompts(self.data, problems, chains), rl.group_size // 2
-    else:
-      prompts, n = self.data.encode_prompts(problems), rl.group_size
-    smepo_metrics = {}
-    if rl.smepo.enabled:  # SMEPO: masked expert traces in front of some prompts; nothing else
-      prompts, smepo_metrics = _smepo.guide_prompts(
-        self.data,
-        problems,
-        prompts,
-        cfg=rl.smepo,
-        seed=cfg.seed,
-        step=self.step,
-        max_prompt_len=rl.cache_size - rl.max_new_tokens,
-      )
-    out, texts, sample_s = _rollout.generate_groups(
-      self.sampler, self.data, prompts, rl, key=key, n=n
-    )
-    if scrl:
-      *scored, vstats = _scrl.scrl_batch_rewards(
-        self.data, out, texts, problems, chains, group_size=rl.group_size, timeout_s=timeout_s
-      )
-      batch, metrics, rewards = _scrl.scrl_rl_batch(out, *scored, rl=rl)
-    else:
-      rewards, vstats = _rollout.score(self.data, problems, texts, rl.group_size, timeout_s)
-      batch, metrics = _rollout.rl_batch(out, rewards, rl=rl, progress=progress)
-    if self.ftis is not None:
-      batch, ftis_metrics = self.ftis.extend(batch, rl_step)
-      metrics.update(ftis_metrics)
-    # Host arrays, identical on every process (the sampler's output is process-complete); each
-    # process places its rows of every minibatch.
-    batch = _mesh.as_numpy(batch)
-    if self.ref_params is not None:
-      placed = self.mesh.from_host({k: batch[k] for k in ("tokens", "mask", "valid")})
-      batch["ref_logp"] = self.mesh.to_host(
-        self.ref_logprobs(self.ref_params, placed["tokens"], placed["mask"], placed["valid"])
-      )
-    update_s = self.rl_updates(self.mesh.minibatches(batch, rl.updates_per_batch), rl_step, metrics)
-    generated = float(np.asarray(out.lengths).sum())
-    metrics.update(
-      accuracy=float(np.mean(rewards > 0.5)),
-      sample_tokens_per_s=generated / sample_s,
-      train_tokens_per_s=float(np.asarray(out.valid).sum()) / update_s,
-      verifier_timeouts=float(vstats.timeouts),
-      verifier_errors=float(vstats.errors),
-    )
-    metrics.update(smepo_metrics)
-    return metrics
+    return _local.rl_step(self, problems, key, progress, rl_step)
 
   def rl_updates(self, minibatches: Any, rl_step: int, metrics: dict[str, float]) -> float:
     """One optimiser step per minibatch of an RL batch, with this step's ConSPO margin; adds the
@@ -330,10 +277,8 @@ class Trainer:
 
   def _loads_own_prompts(self) -> bool:
     """Multi-process RL: each process samples and scores only its share of the step's prompts
-    (`_local.rl_step`). SCRL, SMEPO and F-TIS steps still run whole on every process."""
-    rl = self.config.rl
-    plain = rl.algorithm != "scrl" and not rl.smepo.enabled and self.ftis is None
-    return self.mesh.multi_process and plain
+    (`_local.rl_step`), for every RL variant (SCRL, SMEPO and F-TIS included)."""
+    return self.mesh.multi_process
 
   def _record_problems(self, kind: str, problems: list[Any]) -> None:
     """The ids of the problems this process generated / scored at this step (`problem_log`)."""

@@ -34,6 +34,7 @@ class MeshContext:
   allow_replication: bool
   batch: NamedSharding
   _slicers: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False)
+  _concat: Any = dataclasses.field(default=None, repr=False)
 
   @property
   def batch_ways(self) -> int:
@@ -110,6 +111,24 @@ class MeshContext:
 
   def sum_over_processes(self, values: Any) -> np.ndarray:
     return _distributed.sum_over_processes(values)
+
+  def max_over_processes(self, value: int) -> int:
+    """The largest of the processes' values of a host int (identical on every process)."""
+    if not self.multi_process:
+      return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+  def concat_rows(self, first: Any, second: Any) -> Any:
+    """Two batches of global arrays (same fields) -> their rows `[first; second]` split over the
+    batch axes (rows move between devices and processes on the mesh, not through the hosts)."""
+    if self._concat is None:
+      self._concat = jax.jit(
+        lambda a, b: jax.tree.map(lambda x, y: jax.numpy.concatenate([x, y], axis=0), a, b),
+        out_shardings=self.batch,
+      )
+    return self._concat(first, second)
 
   def device_minibatches(self, batch: Any, num: int) -> Iterator[Any]:
     """The `num` consecutive row blocks of a batch of global arrays, each split over the batch
@@ -208,6 +227,29 @@ def _check_batch_sizes(c: mlc.ConfigDict, ctx: MeshContext) -> None:
         f"updates_per_batch = {rows} rows) does not split over the batch mesh axes (mesh {shape}: "
         f"{ways} pieces)."
       )
+  if c.mode == "rl" and c.rl.steps and c.rl.ftis.path:
+    _check_ftis_rows(c, ways, shape)
+
+
+def _check_ftis_rows(c: mlc.ConfigDict, ways: int, shape: dict[str, int]) -> None:
+  """F-TIS: the foreign rows are their own block of the global batch, placed over the batch axes
+  like the own rows (`_ftis.ForeignRollouts.extend_global`)."""
+  rl = c.rl
+  foreign = rl.ftis.prompts_per_step * rl.group_size
+  if foreign % ways:
+    raise ValueError(
+      f"config.rl.ftis.prompts_per_step: the {foreign} foreign rows of a step (ftis.prompts_per_step"
+      f" * group_size) do not split over the batch mesh axes (mesh {shape}: {ways} pieces; with "
+      "several processes each holds its slice of the foreign block); make them a multiple of "
+      f"{ways}."
+    )
+  rows = (rl.prompts_per_step + rl.ftis.prompts_per_step) * rl.group_size // rl.updates_per_batch
+  if rows % ways:
+    raise ValueError(
+      f"config.rl.ftis.prompts_per_step: each update's minibatch of an F-TIS batch ((prompts_per_step"
+      f" + ftis.prompts_per_step) * group_size / updates_per_batch = {rows} rows) does not split "
+      f"over the batch mesh axes (mesh {shape}: {ways} pieces)."
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,10 @@ Each problem's group of G rows holds `Gc` samples of the curriculum prompt (its 
 verifiable subproblems, answered as `answer_k: X` lines) followed by `G - Gc` samples of the
 original prompt. Curriculum rows get per-position normalised subproblem advantages written onto
 their answer spans; original rows get GRPO outcome advantages (`advantages.scrl_advantages`).
+
+In a multi-process run each process samples and scores the groups of its problems (global rows
+`[i * G, (i + 1) * G)` for problem i) with the step's K columns, and builds its rows' advantages
+from the all-gathered [B, K] / [B] rewards (`scrl_rl_batch(..., rows=)`, `train._local.rl_step`).
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ def curriculum_prompt(data: TaskData, chain: tasks.ScrlChain) -> str:
   return tasks.format_scrl_prompt(chain, chat_template=data.chat_template)
 
 
-def interleaved_prompts(data: TaskData, problems, chains) -> list[list[int]]:
+def interleaved_prompts(data: TaskData, problems, chains, originals=None) -> list[list[int]]:
   """Token ids [curriculum_0, original_0, curriculum_1, ...]: sampled with n = G/2 this gives the
-  mixed-group row layout."""
+  mixed-group row layout. `originals`: the original prompts' token ids (e.g. SMEPO-guided ones;
+  default: the problems' plain prompts)."""
+  if originals is None:
+    originals = [data.encode_prompt(data.prompt(p)) for p in problems]
   out = []
-  for problem, chain in zip(problems, chains):
+  for chain, original in zip(chains, originals):
     out.append(data.encode_prompt(curriculum_prompt(data, chain)))
-    out.append(data.encode_prompt(data.prompt(problem)))
+    out.append(original)
   return out
 
 
@@ -54,9 +61,20 @@ def _token_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
 
 
 def scrl_batch_rewards(
-  data: TaskData, out, texts: list[str], problems, chains, *, group_size: int, timeout_s: float
+  data: TaskData,
+  out,
+  texts: list[str],
+  problems,
+  chains,
+  *,
+  group_size: int,
+  timeout_s: float,
+  num_subproblems: int | None = None,
 ):
   """Subproblem rewards, outcome rewards, span ids and format flags of a mixed-group rollout.
+
+  `num_subproblems`: the reward columns K (default: the longest of `chains`); a process scoring
+  its share of a step passes the step's K, so its rows have the one-process run's columns.
 
   Returns (sub_rewards f32[B, K], outcome f32[B], span_ids i32[B, T], format_ok bool[B],
   is_curriculum bool[B], verifier stats).
@@ -65,7 +83,7 @@ def scrl_batch_rewards(
   b, t = out.tokens.shape
   rows_chain = [c for c in chains for _ in range(group_size)]
   is_curr = np.tile(np.arange(group_size) < half, len(problems))
-  k_max = max(c.num_subproblems for c in chains)
+  k_max = max(c.num_subproblems for c in chains) if num_subproblems is None else num_subproblems
   curr_idx = np.flatnonzero(is_curr)
   orig_idx = np.flatnonzero(~is_curr)
   sub = np.zeros((b, k_max), np.float32)
@@ -103,27 +121,44 @@ def scrl_batch_rewards(
   return sub, outcome, span_ids, fmt, is_curr, stats.merge(stats_o)
 
 
-def scrl_rl_batch(out, sub, outcome, span_ids, fmt, is_curr, *, rl: mlc.ConfigDict):
-  """The update batch and metrics of an SCRL step (token advantages [B, T])."""
+def scrl_rl_batch(
+  out, sub, outcome, span_ids, fmt, is_curr, *, rl: mlc.ConfigDict, rows: slice | None = None
+):
+  """The update batch and metrics of an SCRL step (token advantages [B, T]).
+
+  `rows` (a process's share of the step): `out` and `span_ids` hold rows `rows` of the step's
+  batch, `sub`, `outcome`, `fmt` and `is_curr` all B rows (all-gathered). The advantages are
+  computed over the whole batch with the other rows' spans and masks empty (a row's token
+  advantages depend only on its own spans and mask and on the group / batch statistics of the
+  gathered rewards), then cut to `rows`; so the rows and the metrics equal a one-process run's
+  ("response_len" is then the mean over `out`'s rows only).
+  """
   mask = out.response_mask.astype(jnp.float32)
+  span_all, mask_all = np.asarray(span_ids), mask
+  if rows is not None:
+    b = np.shape(outcome)[0]
+    span_all = np.full((b, span_all.shape[1]), -1, np.int32)
+    span_all[rows] = span_ids
+    mask_all = jnp.zeros((b, mask.shape[1]), jnp.float32).at[rows].set(mask)
   adv, scrl_metrics = advantages.scrl_advantages(
     jnp.asarray(sub),
     jnp.asarray(outcome),
-    jnp.asarray(span_ids),
-    mask,
+    jnp.asarray(span_all),
+    mask_all,
     group_size=rl.group_size,
     num_curriculum=rl.group_size // 2,
     format_ok=jnp.asarray(fmt),
     scale=rl.adv_scale,
   )
+  local_outcome = outcome if rows is None else outcome[rows]
   batch = {
     "tokens": out.tokens,
     "valid": out.valid,
     "mask": mask,
     "loss_mask": mask,
     "old_logp": out.model_logp,
-    "advantages": adv,
-    "rewards": jnp.asarray(outcome),
+    "advantages": adv if rows is None else adv[rows],
+    "rewards": jnp.asarray(local_outcome),
   }
   orig = outcome[~is_curr]
   metrics = {

@@ -15,11 +15,14 @@ assistant turn, `tasks.smepo.DEFAULT_TEMPLATE`) for chat prompts, and `PLAIN_TEM
 before the plain "Question: ... Answer:" prompt, so the prompt still ends where an SFT-trained
 model starts its solution) for plain prompts; any other string is a template with the fields
 {prompt} and {trace}.
+
+In a multi-process run the guided problems are drawn over the step's global problem indices, and
+each process guides those of its share (`guide_share`); the counts are summed over processes. With
+SCRL, a guided problem's original-prompt samples get the guided prompt (its curriculum samples
+keep the curriculum prompt).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import ml_collections as mlc
 import numpy as np
@@ -69,10 +72,47 @@ def guide_prompts(
   Returns the new prompt list and metrics: "smepo/guided_frac" (prompts actually guided),
   "smepo/leak_rejected", "smepo/no_trace", "smepo/too_long" (counts of chosen prompts left plain).
   """
-  n = len(problems)
-  k = min(n, int(np.floor(cfg.fraction * n + 0.5)))
+  out, counts = guide_share(
+    data, problems, prompts, cfg=cfg, seed=seed, step=step, max_prompt_len=max_prompt_len
+  )
+  return out, metrics_from_counts(counts, len(problems))
+
+
+def chosen_problems(num_problems: int, fraction: float, *, seed: int, step: int) -> list[int]:
+  """The step's guided problem indices (sorted): round(fraction * num_problems) of them, drawn
+  by a generator seeded with (seed, step) over the whole step's problem list."""
+  k = min(num_problems, int(np.floor(fraction * num_problems + 0.5)))
   rng = np.random.default_rng([seed, step, 0x53E9])
-  chosen = sorted(rng.choice(n, size=k, replace=False).tolist()) if k else []
+  return sorted(rng.choice(num_problems, size=k, replace=False).tolist()) if k else []
+
+
+def guide_share(
+  data: TaskData,
+  problems: list[tasks.Problem],
+  prompts: list[list[int]],
+  *,
+  cfg: mlc.ConfigDict,
+  seed: int,
+  step: int,
+  max_prompt_len: int,
+  offset: int = 0,
+  total: int | None = None,
+) -> tuple[list[list[int]], dict[str, int]]:
+  """`guide_prompts` on one process's share of the step's problems.
+
+  `problems` / `prompts` are items `[offset, offset + len(problems))` of the step's `total`
+  problems (default: all of them). The guided set is drawn over all `total` global indices
+  (`chosen_problems`), so every process of a multi-process run guides exactly the prompts a
+  one-process run guides in its share. Returns the new prompts and this share's counts ("ok",
+  "leak", "no_trace", "too_long"): summed over processes they are the whole step's.
+  """
+  total = len(problems) if total is None else total
+  stop = offset + len(problems)
+  chosen = [
+    i - offset
+    for i in chosen_problems(total, cfg.fraction, seed=seed, step=step)
+    if offset <= i < stop
+  ]
   out = list(prompts)
   counts = {"ok": 0, "leak": 0, "no_trace": 0, "too_long": 0}
   for i in chosen:
@@ -84,10 +124,14 @@ def guide_prompts(
       else:
         out[i] = ids
     counts[reason] += 1
-  metrics: dict[str, Any] = {
-    "smepo/guided_frac": counts["ok"] / max(n, 1),
+  return out, counts
+
+
+def metrics_from_counts(counts: dict[str, int], num_problems: int) -> dict[str, float]:
+  """The step's SMEPO metrics from its counts (`guide_share`, summed over processes)."""
+  return {
+    "smepo/guided_frac": counts["ok"] / max(num_problems, 1),
     "smepo/leak_rejected": float(counts["leak"]),
     "smepo/no_trace": float(counts["no_trace"]),
     "smepo/too_long": float(counts["too_long"]),
   }
-  return out, metrics

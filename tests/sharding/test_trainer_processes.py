@@ -68,6 +68,60 @@ def test_each_process_loads_its_own_problems_and_the_run_equals_one_process(tmp_
   check_two_processes_equal_one(tmp_path)
 
 
+# SCRL's interleaved prompts need a larger cache than the plain ones (curriculum prompts).
+SCRL = (
+  ("rl.algorithm", "scrl"),
+  ("rl.agg", "token_mean"),
+  ("rl.eps_high", 0.28),
+  ("rl.cache_size", 192),
+)
+# Half the prompts guided: the guided set (seeded over the step's global indices) and the plain
+# rest fall on both processes.
+SMEPO = (("rl.smepo.enabled", True), ("rl.smepo.fraction", 0.5), ("rl.cache_size", 192))
+
+
+@pytest.mark.slow
+def test_scrl_run_with_per_process_groups_equals_one_process(tmp_path):
+  check_two_processes_equal_one(tmp_path, SCRL)
+  records = case.train_records(str(tmp_path / "two" / "run"))
+  assert any("scrl_format_ok" in r for r in records)  # the SCRL step ran
+
+
+@pytest.mark.slow
+def test_smepo_run_with_per_process_prompts_equals_one_process(tmp_path):
+  check_two_processes_equal_one(tmp_path, SMEPO)
+  rl = [r for r in case.train_records(str(tmp_path / "two" / "run")) if "smepo/guided_frac" in r]
+  assert len(rl) == 2 and all(r["smepo/guided_frac"] == 0.5 for r in rl)  # 2 of 4 guided
+
+
+@pytest.mark.slow
+def test_ftis_run_with_a_foreign_block_equals_one_process(tmp_path):
+  # 3 foreign groups, 2 per step: step 1 takes groups 2 and 0 (wraps around the file).
+  path = tmp_path / "foreign.npz"
+  case.write_foreign_rollouts(path, num_groups=3, group_size=4, resp_len=8)
+  check_two_processes_equal_one(
+    tmp_path, (("rl.ftis.path", str(path)), ("rl.ftis.prompts_per_step", 2))
+  )
+  rl = [r for r in case.train_records(str(tmp_path / "two" / "run")) if "ftis_kl_mean" in r]
+  assert len(rl) == 2
+
+
+def test_ftis_block_that_does_not_split_over_the_batch_axes_is_refused():
+  import types
+
+  from postrain.train import _mesh
+
+  cfg = case.config((("rl.ftis.path", "foreign.npz"), ("rl.ftis.prompts_per_step", 1)))
+  ctx = types.SimpleNamespace(batch_ways=8, mesh=types.SimpleNamespace(shape={"data": 8}))
+  with pytest.raises(ValueError, match=re.escape("config.rl.ftis.prompts_per_step: the 4 foreign")):
+    _mesh._check_batch_sizes(cfg, ctx)
+  cfg.rl.ftis.prompts_per_step = 2  # 8 foreign rows split, but the minibatches have 12 rows
+  with pytest.raises(ValueError, match=re.escape("config.rl.ftis.prompts_per_step: each update")):
+    _mesh._check_batch_sizes(cfg, ctx)
+  ctx.batch_ways = 4  # (4 + 2) * 4 / 2 = 12 rows per minibatch: 3 per piece
+  _mesh._check_batch_sizes(cfg, ctx)
+
+
 @pytest.mark.parametrize(
   ("key", "value"), [("rl.prompts_per_step", 3), ("sft.batch_size", 5)], ids=["rl", "sft"]
 )

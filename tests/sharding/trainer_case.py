@@ -133,3 +133,39 @@ def assert_trees_close(actual, expected, what, *, atol=1e-4, tight=1e-6, max_loo
     loose += int(np.sum(~np.isclose(a[key], e[key], rtol=1e-5, atol=tight)))
     total += e[key].size
   assert loose <= max_loose * total, f"{what}: {loose} of {total} elements differ by > {tight}"
+
+
+def write_foreign_rollouts(path, *, num_groups=3, group_size=4, resp_len=8, vocab_size=256, seed=0):
+  """A deterministic F-TIS rollout file (`_ftis.write_rollouts` layout) for the trainer tests:
+  left-padded prompts of 3..6 tokens, responses of 1..resp_len tokens, generator log-probs in
+  [-4, -0.1] on response tokens, rewards 0/1 with both values in every group (nonzero advantages).
+  Token ids avoid 0..2 (pad / special ids of the test tokenizer)."""
+  import types
+
+  from postrain.train import _ftis
+
+  rng = np.random.default_rng(seed)
+  b, tp = num_groups * group_size, 6
+  prompt_len = rng.integers(3, tp + 1, size=b)
+  lengths = rng.integers(1, resp_len + 1, size=b)
+  col = np.arange(tp + resp_len)[None, :]
+  prompt_valid = (col >= tp - prompt_len[:, None]) & (col < tp)
+  resp = (col >= tp) & (col < tp + lengths[:, None])
+  tokens = np.where(prompt_valid | resp, rng.integers(3, vocab_size, size=(b, tp + resp_len)), 0)
+  logp = np.where(resp, rng.uniform(-4.0, -0.1, size=(b, tp + resp_len)), 0.0)
+  rewards = rng.integers(0, 2, size=(num_groups, group_size)).astype(np.float32)
+  rewards[:, 0], rewards[:, 1] = 1.0, 0.0
+  out = types.SimpleNamespace(
+    tokens=tokens.astype(np.int32),
+    valid=prompt_valid | resp,
+    response_mask=resp.astype(np.float32),
+    sample_logp=logp.astype(np.float32),
+  )
+  _ftis.write_rollouts(
+    str(path),
+    out,
+    rewards.reshape(-1),
+    group_size=group_size,
+    max_new_tokens=resp_len,
+    vocab_size=vocab_size,
+  )
