@@ -275,11 +275,6 @@ class Trainer:
     metrics.update(self.mesh.mean_metrics(auxes), margin=float(margin))
     return time.perf_counter() - start
 
-  def _loads_own_prompts(self) -> bool:
-    """Multi-process RL: each process samples and scores only its share of the step's prompts
-    (`_local.rl_step`), for every RL variant (SCRL, SMEPO and F-TIS included)."""
-    return self.mesh.multi_process
-
   def _record_problems(self, kind: str, problems: list[Any]) -> None:
     """The ids of the problems this process generated / scored at this step (`problem_log`)."""
     self.problem_log.append((self.step, kind, [p.id for p in problems]))
