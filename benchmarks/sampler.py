@@ -8,8 +8,6 @@ Everything is measured side by side in one process, alternating, median over rep
     for the slots attended), divided by the bandwidth of a large (256 MiB) array copy measured
     here (bytes read + bytes written per second).
   cache 1024 / cache 256: decode time ratio (the model reads only the live cache blocks).
-  decode block 128: the same sampler with the prefill's 128-slot attention blocks in decode too
-    (vs the default `decode_attention_block`).
 
   python benchmarks/sampler.py                   # postrain only
   python benchmarks/sampler.py --compare-tunix   # + Tunix 0.1.7's Sampler, run in its own venv
@@ -200,12 +198,6 @@ def run_postrain(repeats: int) -> dict:
     "top_k=50, cache 256": PostrainRun(model, prompts, cache_size=256, top_k=50),
     "model only, cache 256": BareModelLoop(model, prompts, cache_size=256),
     "model only, tiled head": BareModelLoop(model, prompts, cache_size=256, blocked_head=True),
-    # The same weights with the prefill's 128-slot attention blocks in decode as well.
-    "T=1, decode block 128": PostrainRun(
-      models.Decoder(cfg.replace(decode_attention_block=128), rngs=nnx.Rngs(0)),
-      prompts,
-      cache_size=256,
-    ),
   }
   times = {k: [] for k in runs}
   copies = []
@@ -242,13 +234,6 @@ def run_postrain(repeats: int) -> dict:
     / np.asarray(times["model only, tiled head"])[:, 1]
   )
   print(f"decode time model-only loop, matmul head / tiled head (median of ratios): {head:.2f}x")
-  block = np.median(
-    np.asarray(times["T=1, decode block 128"])[:, 1] / np.asarray(times["T=1, cache 256"])[:, 1]
-  )
-  print(
-    f"decode time T=1, attention block 128 / {cfg.decode_attention_block} in decode "
-    f"(median of ratios): {block:.2f}x"
-  )
   return result
 
 

@@ -33,11 +33,8 @@ class ModelConfig:
   `family="qwen3"` adds RMSNorm on each query/key head before RoPE (`qk_norm`); `"llama"` covers
   Llama 2/3 and SmolLM2. `dtype` is the activation dtype, `param_dtype` the storage dtype of the
   weights; norms, softmax and the logits are computed in float32 whatever they are.
-  `attention_block` is the number of cache slots per step of the cached-attention loop for
-  several new tokens (prefill), `decode_attention_block` the same for one new token per row
-  (decode); speed knobs, not part of the architecture. Decode wants small blocks: a block's k/v
-  slice is copied before its matmuls on XLA:CPU, so slots past the live length cost a copy
-  (`benchmarks/sampler.py` times the two side by side).
+  `attention_block` is the number of cache slots per step of the cached-attention loop (a speed
+  knob, not part of the architecture).
   """
 
   vocab_size: int
@@ -59,7 +56,6 @@ class ModelConfig:
   eos_token_id: int = -1
   pad_token_id: int = -1
   attention_block: int = 128
-  decode_attention_block: int = 16
 
   def __post_init__(self):
     # Accept jnp dtypes as well as names, store names: the config stays hashable and printable.
@@ -87,10 +83,8 @@ class ModelConfig:
         f"ModelConfig.num_heads={self.num_heads} must be a multiple of "
         f"num_kv_heads={self.num_kv_heads} (grouped-query attention)."
       )
-    for field in ("attention_block", "decode_attention_block"):
-      value = getattr(self, field)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"ModelConfig.{field} must be a positive int, got {value!r}.")
+    if self.attention_block < 1:
+      raise ValueError(f"ModelConfig.attention_block must be >= 1, got {self.attention_block}.")
     if self.rope_theta <= 0 or self.norm_eps <= 0:
       raise ValueError("ModelConfig.rope_theta and norm_eps must be > 0.")
 

@@ -190,7 +190,7 @@ class Attention(nnx.Module):
     # A tuple, not an array: static module attributes must be hashable.
     self.inv_freq = tuple(float(f) for f in rope_inv_freq(cfg))
     self.num_kv_heads = kv
-    self.block, self.decode_block = cfg.attention_block, cfg.decode_attention_block
+    self.block = cfg.attention_block
 
   def __call__(self, x_BTD, positions_BT, valid_BT, cache=None, layer: int = 0):
     """Returns (out_BTD, k_cache, v_cache); the caches are None without a cache.
@@ -220,9 +220,8 @@ class Attention(nnx.Module):
       idx = (layer, 0, end, 0, 0)
       k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), idx)
       v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), idx)
-      block = self.decode_block if t == 1 else self.block
       out = cached_attention(
-        q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=block
+        q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
       ).astype(dt)
     # As one [N * H, D] matmul: with the [N, H, D] einsum XLA transposed the weight every step.
     o_MD = self.o[...].astype(dt).reshape(n * h, -1)

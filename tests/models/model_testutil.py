@@ -30,7 +30,7 @@ def make_model(cfg, seed=0):
 
 @pytest.fixture(scope="session")
 def tiny_llama():
-  cfg = models.get_config("tiny", attention_block=4, decode_attention_block=4)
+  cfg = models.get_config("tiny", attention_block=4)
   return cfg, make_model(cfg, 0)
 
 
@@ -38,7 +38,7 @@ def tiny_llama():
 def tiny_qwen3():
   # Untied head and Llama-3 rope scaling on top of the Qwen3 q/k norms: every code path at once.
   cfg = models.get_config(
-      "tiny", family="qwen3", tie_embeddings=False, attention_block=4, decode_attention_block=3,
+      "tiny", family="qwen3", tie_embeddings=False, attention_block=4,
       rope_scaling=models.RopeScaling(8.0, 1.0, 4.0, 16),
   )  # fmt: skip
   return cfg, make_model(cfg, 1)

@@ -61,10 +61,7 @@ def qwen3_dir(tmp_path_factory, tiny_qwen3):
 def test_save_then_load_hf_dir_is_exact(qwen3_dir, tiny_qwen3, jit_forward):
   cfg, model = tiny_qwen3
   cfg2, model2 = models.from_hf_dir(qwen3_dir)
-  blocks = dict(
-    attention_block=cfg.attention_block, decode_attention_block=cfg.decode_attention_block
-  )
-  assert cfg2.replace(**blocks) == cfg
+  assert cfg2.replace(attention_block=cfg.attention_block) == cfg
   _assert_same_params(model, model2)
   hf = json.loads((qwen3_dir / "config.json").read_text())
   assert hf["model_type"] == "qwen3" and hf["architectures"] == ["Qwen3ForCausalLM"]
@@ -223,7 +220,7 @@ def test_gguf_import(tmp_path, tiny_llama, jit_forward, quant, atol):
   cfg, model = tiny_llama
   _write_gguf(tmp_path / "m.gguf", cfg, model, quant)
   cfg2, model2 = models.from_gguf(tmp_path / "m.gguf")
-  assert cfg2.replace(attention_block=4, decode_attention_block=4, max_position_embeddings=cfg.max_position_embeddings) == cfg.replace(
+  assert cfg2.replace(attention_block=4, max_position_embeddings=cfg.max_position_embeddings) == cfg.replace(
       norm_eps=cfg2.norm_eps)  # fmt: skip
   _assert_same_params(model, model2, atol=atol)
   if quant is None:
