@@ -93,7 +93,7 @@ def test_decode_reads_only_live_blocks(tiny_llama):
   cfg, model = tiny_llama  # attention_block = 4
   tokens, valid, positions = left_padded_batch(4, 2, 6, cfg.vocab_size, (0, 2))
   clean = models.init_cache(cfg, batch_size=2, cache_size=40)
-  want, _ = model(
+  want, want_cache = model(
     jnp.asarray(tokens), jnp.asarray(positions), valid=jnp.asarray(valid), cache=clean
   )
   live = 8  # ceil(6 / 4) blocks of 4
@@ -103,11 +103,17 @@ def test_decode_reads_only_live_blocks(tiny_llama):
     valid=clean.valid,
     end=clean.end,
   )
-  got, _ = model(
+  got, got_cache = model(
     jnp.asarray(tokens), jnp.asarray(positions), valid=jnp.asarray(valid), cache=poisoned
   )
   assert np.isfinite(np.asarray(got)).all()
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  # One decode token: slots 0..6 are live, so 2 blocks (8 slots) are read, none of the NaN ones.
+  tok, pos = jnp.asarray(tokens[:, -1:]), jnp.asarray(positions[:, -1:] + 1)
+  want_step, _ = model(tok, pos, cache=want_cache)
+  got_step, _ = model(tok, pos, cache=got_cache)
+  assert np.isfinite(np.asarray(got_step)).all()
+  np.testing.assert_allclose(np.asarray(got_step), np.asarray(want_step), atol=1e-6)
 
 
 def test_decode_step_compiles_once_for_all_cache_lengths(tiny_llama):
