@@ -4,6 +4,7 @@ task's verifier, and turn rewards into advantages."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,6 +15,8 @@ import numpy as np
 from postrain import advantages, tasks
 from postrain.sampling import Sampler
 from postrain.train._data import TaskData
+
+EVAL_BATCH_SIZE = 64  # problems per evaluation sampler call
 
 
 def generate(
@@ -141,22 +144,40 @@ def evaluate(
   k: int,
   max_new_tokens: int,
   timeout_s: float,
-  batch_size: int = 64,
+  batch_size: int = EVAL_BATCH_SIZE,
+  mesh: Any = None,
+  record: Callable[[list[tasks.Problem]], None] | None = None,
 ) -> dict[str, float]:
-  """Held-out pass@1 (greedy and sampled at temperature 1) and unbiased pass@k from k samples."""
-  greedy, sampled = [], []
+  """Held-out pass@1 (greedy and sampled at temperature 1) and unbiased pass@k from k samples.
+
+  `mesh` (a `MeshContext` of a multi-process run): each process samples (`prompt_offset`) and
+  verifies only its equal contiguous share of every batch of `batch_size` problems, and the
+  per-problem results are all-gathered; the batches, their keys and the global rows the sampler
+  draws are those of one process, so the metrics are too. `record` receives the problems this
+  process evaluated.
+  """
+  multi = mesh is not None and mesh.multi_process
+  greedy, sampled, mine = [], [], []
   for start in range(0, len(problems), batch_size):
     chunk = problems[start : start + batch_size]
     key, k_sample = jax.random.split(key)
+    offset = None
+    if multi:
+      share = mesh.process_share(len(chunk))
+      chunk, offset = chunk[share], share.start
+    mine.extend(chunk)
     prompts = data.encode_prompts(chunk)
-    _, texts, _ = generate(
-      sampler, data, prompts, key=k_sample, n=1, max_new_tokens=max_new_tokens, temperature=0.0
-    )
-    greedy.append(score(data, chunk, texts, 1, timeout_s)[0])
-    _, texts, _ = generate(
-      sampler, data, prompts, key=k_sample, n=k, max_new_tokens=max_new_tokens, temperature=1.0
-    )
-    sampled.append(score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k))
+    kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
+    _, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
+    greedy_r = score(data, chunk, texts, 1, timeout_s)[0]
+    _, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
+    sampled_r = score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k)
+    if multi:  # the whole batch's results, in the global problem order
+      greedy_r, sampled_r = mesh.concat_over_processes((greedy_r, sampled_r))
+    greedy.append(greedy_r)
+    sampled.append(sampled_r)
+  if record is not None:
+    record(mine)
   greedy_r = np.concatenate(greedy)
   sampled_r = np.concatenate(sampled)
   correct = (sampled_r > 0.5).sum(-1)
