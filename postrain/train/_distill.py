@@ -21,6 +21,9 @@ SFT trains on dataset prefixes, RL and OPD/MOPD on the learner's own samples. On
      weighted by MOPD's truncated ratio ρ_t = min(exp(log π_θ − log π_old), `distill.is_clip`)
      (Step E; 1 at the first minibatch) and by the release weights;
   6. EMA teacher update when `teacher.source == "ema"`.
+
+In a multi-process run each process samples and prepares only its share of the groups and one
+sharded teacher pass scores the global batch (`_distill_local.py`).
 """
 
 from __future__ import annotations

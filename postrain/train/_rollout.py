@@ -148,7 +148,8 @@ def evaluate(
   mesh: Any = None,
   record: Callable[[list[tasks.Problem]], None] | None = None,
 ) -> dict[str, float]:
-  """Held-out pass@1 (greedy and sampled at temperature 1) and unbiased pass@k from k samples.
+  """Held-out pass@1 (greedy and sampled at temperature 1), unbiased pass@k from k samples, and
+  the mean response lengths (tokens) of both.
 
   `mesh` (a `MeshContext` of a multi-process run): each process samples (`prompt_offset`) and
   verifies only its equal contiguous share of every batch of `batch_size` problems, and the
@@ -157,7 +158,7 @@ def evaluate(
   process evaluated.
   """
   multi = mesh is not None and mesh.multi_process
-  greedy, sampled, mine = [], [], []
+  batches, mine = [], []
   for start in range(0, len(problems), batch_size):
     chunk = problems[start : start + batch_size]
     key, k_sample = jax.random.split(key)
@@ -168,21 +169,26 @@ def evaluate(
     mine.extend(chunk)
     prompts = data.encode_prompts(chunk)
     kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
-    _, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
-    greedy_r = score(data, chunk, texts, 1, timeout_s)[0]
-    _, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
-    sampled_r = score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k)
+    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
+    rows = {"greedy": score(data, chunk, texts, 1, timeout_s)[0], "greedy_len": out.lengths}
+    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
+    rows["sampled"] = score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k)
+    rows["sampled_len"] = np.asarray(out.lengths).reshape(len(chunk), k)
+    rows = {name: np.asarray(x) for name, x in rows.items()}
     if multi:  # the whole batch's results, in the global problem order
-      greedy_r, sampled_r = mesh.concat_over_processes((greedy_r, sampled_r))
-    greedy.append(greedy_r)
-    sampled.append(sampled_r)
+      rows = mesh.concat_over_processes(rows)
+    batches.append(rows)
   if record is not None:
     record(mine)
-  greedy_r = np.concatenate(greedy)
-  sampled_r = np.concatenate(sampled)
+  greedy_r, sampled_r, greedy_len, sampled_len = (
+    np.concatenate([r[name] for r in batches])
+    for name in ("greedy", "sampled", "greedy_len", "sampled_len")
+  )
   correct = (sampled_r > 0.5).sum(-1)
   return {
     "pass1_greedy": float(np.mean(greedy_r > 0.5)),
     "pass1_sampled": float(np.mean(sampled_r > 0.5)),
     f"pass{k}": float(np.mean(tasks.pass_at_k(np.full_like(correct, k), correct, k))),
+    "response_len_greedy": float(np.mean(greedy_len)),
+    "response_len_sampled": float(np.mean(sampled_len)),
   }

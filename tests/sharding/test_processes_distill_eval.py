@@ -77,6 +77,10 @@ def test_evaluation_per_process_equals_one_process(tmp_path):
   assert len(full) == 68
   # Process 0 evaluated the first half of each batch: problems 0-31 and 64-65.
   assert mine0 == full[:32] + full[64:66]
+  # The tiny model solves nothing (pass rates 0 on both runs): the sampled lengths, compared above
+  # with the other eval metrics, are what shows that every row drew the same random stream.
+  evals = [r for r in case.train_records(str(tmp_path / "one" / "run")) if r["kind"] == "eval"]
+  assert any(0 < r["response_len_sampled"] < 12 for r in evals), evals
 
 
 @pytest.mark.parametrize(("num", "ok"), [(5, False), (6, True), (65, False), (66, True)])
