@@ -24,6 +24,7 @@ from postrain.sharding._jit import (
   activation_sharding,
   check_batch,
   constrain,
+  shard_batch_fn,
   shard_logprob_fn,
   shard_update,
 )
@@ -68,6 +69,7 @@ __all__ = [
   "param_specs",
   "place_params",
   "replicated",
+  "shard_batch_fn",
   "shard_logprob_fn",
   "shard_update",
 ]

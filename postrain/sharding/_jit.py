@@ -154,6 +154,26 @@ def shard_logprob_fn(
   return call
 
 
+def shard_batch_fn(
+  fn: Callable[..., Any],
+  in_shardings: tuple[Any, ...],
+  batch_sharding_: NamedSharding,
+  *,
+  logical_rules: Sequence[LogicalRule] | None = None,
+) -> Callable[..., Any]:
+  """`fn(*args)` jitted with explicit shardings: `in_shardings[i]` for argument i (a parameter
+  shardings tree, or `batch_sharding_` for a batch array), every output split on dimension 0
+  (e.g. a teacher pass over the batch, `train/_distill_local.py`)."""
+  jitted = jax.jit(_own_trace(fn), in_shardings=in_shardings, out_shardings=batch_sharding_)
+
+  def call(*args):
+    args = _put(args, tuple(in_shardings))
+    with activation_sharding(batch_sharding_.mesh, logical_rules):
+      return jitted(*args)
+
+  return call
+
+
 # -- activation constraints -------------------------------------------------------------------------
 
 _ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, dict[str, tuple[str, ...]]] | None] = (

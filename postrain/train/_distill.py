@@ -21,6 +21,9 @@ SFT trains on dataset prefixes, RL and OPD/MOPD on the learner's own samples. On
      weighted by MOPD's truncated ratio ρ_t = min(exp(log π_θ − log π_old), `distill.is_clip`)
      (Step E; 1 at the first minibatch) and by the release weights;
   6. EMA teacher update when `teacher.source == "ema"`.
+
+In a multi-process run each process samples and prepares only its share of the groups and one
+sharded teacher pass scores the global batch (`_distill_local.py`).
 """
 
 from __future__ import annotations
@@ -196,13 +199,14 @@ def make_teacher_fn(
   full_logits: bool,
   release_k: int,
   vocab_map,
+  jit: bool = True,
 ):
   """Jitted teacher pass: (t_params, t_tokens, t_valid, s_params, s_tokens, s_valid, targets) ->
   {"teacher_logits" f32[B, R, V_s] or "teacher_logp" f32[B, R]} (+ "margin" f32[B, R] when
-  release_k > 0, the teacher's best-two gap over the student's top-k ids)."""
+  release_k > 0, the teacher's best-two gap over the student's top-k ids). `jit=False`: the plain
+  function (jitted with explicit shardings by a multi-process run)."""
   vmap = None if vocab_map is None else jnp.asarray(vocab_map, jnp.int32)
 
-  @jax.jit
   def fn(t_params, t_tokens, t_valid, s_params, s_tokens, s_valid, targets):
     teacher = nnx.merge(t_graphdef, t_params, t_rest)
     resp_len = targets.shape[1]
@@ -223,7 +227,7 @@ def make_teacher_fn(
       out["margin"] = advantages.teacher_margin(s_logits, t_logits, k=release_k)
     return out
 
-  return fn
+  return jax.jit(fn) if jit else fn
 
 
 # ------------------------------------------------------------------------------------ host side
@@ -303,15 +307,22 @@ def mopd_teacher_prompts(
 
 
 def teacher_layout(
-  prompts: list[list[int]], response: np.ndarray, response_valid: np.ndarray, *, pad_id: int
+  prompts: list[list[int]],
+  response: np.ndarray,
+  response_valid: np.ndarray,
+  *,
+  pad_id: int,
+  longest: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`left-padded teacher prompt ++ student response` (i32[B, W + R], bool[B, W + R]).
 
   W is the longest prompt rounded up to a multiple of 32 (fewer recompilations); the response
-  occupies the last R columns, as in the student's sequence.
+  occupies the last R columns, as in the student's sequence. `longest`: the longest prompt of the
+  whole batch when `prompts` are one process's rows (default: the longest of `prompts`).
   """
   b, r = response.shape
-  width = -(-max(len(p) for p in prompts) // 32) * 32
+  longest = max(len(p) for p in prompts) if longest is None else longest
+  width = -(-longest // 32) * 32
   tokens = np.full((b, width + r), pad_id, np.int32)
   valid = np.zeros((b, width + r), bool)
   for i, p in enumerate(prompts):
@@ -328,7 +339,7 @@ class Distiller:
   def __init__(self, trainer: Any):
     from postrain.train import _steps
 
-    cfg = trainer.config
+    cfg, mesh = trainer.config, trainer.mesh
     self.config, t, d = cfg, cfg.teacher, cfg.distill
     student = nnx.merge(trainer.graphdef, trainer.params, trainer.rest)
     student_vocab = int(student.cfg.vocab_size)
@@ -337,10 +348,19 @@ class Distiller:
     if self.ema:
       self.t_graphdef, self.t_rest, vmap = trainer.graphdef, trainer.rest, None
       self.teacher_params = jax.tree.map(jnp.copy, trainer.params)
-      self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay))
+      self.t_param_shardings = trainer.param_shardings
+      # Several processes: the EMA keeps the student's shardings (the sharded teacher pass's).
+      out_sh = dict(out_shardings=trainer.param_shardings) if mesh.multi_process else {}
+      self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay), **out_sh)
     else:
       model, vmap, self.info = _teacher.build_teacher(cfg, student_vocab=student_vocab)
-      self.t_graphdef, self.teacher_params, self.t_rest = nnx.split(model, nnx.Param, ...)
+      if mesh.multi_process:  # each process holds only its shards of the teacher
+        self.t_graphdef, self.teacher_params, self.t_rest, self.t_param_shardings = mesh.place(
+          model
+        )
+      else:
+        self.t_graphdef, self.teacher_params, self.t_rest = nnx.split(model, nnx.Param, ...)
+        self.t_param_shardings = None
     self.spec = DistillSpec(
       loss=d.loss,
       alpha=float(d.alpha),
@@ -372,7 +392,12 @@ class Distiller:
       full_logits=d.loss != "pg",
       release_k=int(d.release_k) if d.release else 0,
       vocab_map=vmap,
+      jit=not mesh.multi_process,
     )
+    if mesh.multi_process:  # one teacher pass over the global batch (`_distill_local.py`)
+      from postrain.train import _distill_local
+
+      self.teacher_fn = _distill_local.shard_teacher_fn(self.teacher_fn, self, trainer)
 
   def state(self) -> dict[str, Any]:
     return {"teacher_params": self.teacher_params} if self.ema else {}
@@ -389,9 +414,14 @@ class Distiller:
   def step(self, tr: Any) -> dict[str, float]:
     """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics."""
     cfg, rl = self.config, self.config.rl
+    if tr.mesh.multi_process:  # each process samples and scores its own share of the problems
+      from postrain.train import _distill_local
+
+      return _distill_local.distill_step(self, tr)
     problems = _data.step_problems(
       tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
     )
+    tr._record_problems("distill", problems)
     tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
     key = jax.random.fold_in(tr.base_key, tr.step)
     out, texts, sample_s = _rollout.generate_groups(

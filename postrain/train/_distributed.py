@@ -128,6 +128,27 @@ def sum_over_processes(values: Any) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
 
 
+def process_share(num_items: int) -> slice:
+  """This process's equal contiguous share of `num_items` host items (process 0 first); ValueError
+  when the process count does not divide them."""
+  procs, pid = jax.process_count(), jax.process_index()
+  if num_items % procs:
+    raise ValueError(f"{num_items} items do not split over the {procs} processes.")
+  each = num_items // procs
+  return slice(pid * each, (pid + 1) * each)
+
+
+def concat_over_processes(local: Any) -> Any:
+  """Every process's equal-shaped host arrays concatenated on dimension 0 in process order (the
+  inverse of `process_share`), identical on every process."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, local)
+  from jax.experimental import multihost_utils
+
+  stacked = multihost_utils.process_allgather(local)  # [P, ...] per leaf
+  return jax.tree.map(lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:]), stacked)
+
+
 def host_to_global(local: Any, sharding: NamedSharding, num_rows: int) -> Any:
   """Host-local batch rows (the `local_rows` slice of every array) -> global `jax.Array`s.
 

@@ -291,6 +291,8 @@ class Trainer:
       k=cfg.eval.k,
       max_new_tokens=cfg.eval.max_new_tokens,
       timeout_s=cfg.task.verifier_timeout_s,
+      mesh=self.mesh,  # several processes: each evaluates its share of the problems
+      record=lambda problems: self._record_problems("eval", problems),
     )
 
   # -- the loop --------------------------------------------------------------------------------

@@ -109,6 +109,14 @@ class MeshContext:
     global row order (placed on the mesh, then all-gathered)."""
     return self.to_host(self.from_local(local, num_rows))
 
+  def process_share(self, num_items: int) -> slice:
+    """This process's equal contiguous share of host-only work (e.g. an evaluation batch)."""
+    return _distributed.process_share(num_items)
+
+  def concat_over_processes(self, local: Any) -> Any:
+    """The processes' `process_share` results, concatenated in the global order."""
+    return _distributed.concat_over_processes(local)
+
   def sum_over_processes(self, values: Any) -> np.ndarray:
     return _distributed.sum_over_processes(values)
 
@@ -219,6 +227,8 @@ def _check_batch_sizes(c: mlc.ConfigDict, ctx: MeshContext) -> None:
       "processes (each samples and scores its own whole groups); make it a multiple of the "
       "process count."
     )
+  if procs > 1:
+    _check_eval_split(c, procs)
   if c.mode == "rl" and c.rl.steps:
     rows = c.rl.prompts_per_step * c.rl.group_size // c.rl.updates_per_batch
     if rows % ways:
@@ -249,6 +259,20 @@ def _check_ftis_rows(c: mlc.ConfigDict, ways: int, shape: dict[str, int]) -> Non
       f"config.rl.ftis.prompts_per_step: each update's minibatch of an F-TIS batch ((prompts_per_step"
       f" + ftis.prompts_per_step) * group_size / updates_per_batch = {rows} rows) does not split "
       f"over the batch mesh axes (mesh {shape}: {ways} pieces)."
+    )
+
+
+def _check_eval_split(c: mlc.ConfigDict, procs: int) -> None:
+  """Each process evaluates its equal share of every evaluation batch (`_rollout.evaluate`)."""
+  from postrain.train import _rollout
+
+  n, size = c.eval.num_problems, _rollout.EVAL_BATCH_SIZE
+  batches = [size] * (n // size) + ([n % size] if n % size else [])
+  if any(b % procs for b in batches):
+    raise ValueError(
+      f"config.eval.num_problems: {n} problems (evaluated in batches of {size}) do not split over "
+      f"the {procs} processes (each evaluates its own share of every batch); make every batch a "
+      "multiple of the process count."
     )
 
 

@@ -4,6 +4,7 @@ task's verifier, and turn rewards into advantages."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,6 +15,8 @@ import numpy as np
 from postrain import advantages, tasks
 from postrain.sampling import Sampler
 from postrain.train._data import TaskData
+
+EVAL_BATCH_SIZE = 64  # problems per evaluation sampler call
 
 
 def generate(
@@ -141,27 +144,51 @@ def evaluate(
   k: int,
   max_new_tokens: int,
   timeout_s: float,
-  batch_size: int = 64,
+  batch_size: int = EVAL_BATCH_SIZE,
+  mesh: Any = None,
+  record: Callable[[list[tasks.Problem]], None] | None = None,
 ) -> dict[str, float]:
-  """Held-out pass@1 (greedy and sampled at temperature 1) and unbiased pass@k from k samples."""
-  greedy, sampled = [], []
+  """Held-out pass@1 (greedy and sampled at temperature 1), unbiased pass@k from k samples, and
+  the mean response lengths (tokens) of both.
+
+  `mesh` (a `MeshContext` of a multi-process run): each process samples (`prompt_offset`) and
+  verifies only its equal contiguous share of every batch of `batch_size` problems, and the
+  per-problem results are all-gathered; the batches, their keys and the global rows the sampler
+  draws are those of one process, so the metrics are too. `record` receives the problems this
+  process evaluated.
+  """
+  multi = mesh is not None and mesh.multi_process
+  batches, mine = [], []
   for start in range(0, len(problems), batch_size):
     chunk = problems[start : start + batch_size]
     key, k_sample = jax.random.split(key)
+    offset = None
+    if multi:
+      share = mesh.process_share(len(chunk))
+      chunk, offset = chunk[share], share.start
+    mine.extend(chunk)
     prompts = data.encode_prompts(chunk)
-    _, texts, _ = generate(
-      sampler, data, prompts, key=k_sample, n=1, max_new_tokens=max_new_tokens, temperature=0.0
-    )
-    greedy.append(score(data, chunk, texts, 1, timeout_s)[0])
-    _, texts, _ = generate(
-      sampler, data, prompts, key=k_sample, n=k, max_new_tokens=max_new_tokens, temperature=1.0
-    )
-    sampled.append(score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k))
-  greedy_r = np.concatenate(greedy)
-  sampled_r = np.concatenate(sampled)
+    kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
+    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
+    rows = {"greedy": score(data, chunk, texts, 1, timeout_s)[0], "greedy_len": out.lengths}
+    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
+    rows["sampled"] = score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k)
+    rows["sampled_len"] = np.asarray(out.lengths).reshape(len(chunk), k)
+    rows = {name: np.asarray(x) for name, x in rows.items()}
+    if multi:  # the whole batch's results, in the global problem order
+      rows = mesh.concat_over_processes(rows)
+    batches.append(rows)
+  if record is not None:
+    record(mine)
+  greedy_r, sampled_r, greedy_len, sampled_len = (
+    np.concatenate([r[name] for r in batches])
+    for name in ("greedy", "sampled", "greedy_len", "sampled_len")
+  )
   correct = (sampled_r > 0.5).sum(-1)
   return {
     "pass1_greedy": float(np.mean(greedy_r > 0.5)),
     "pass1_sampled": float(np.mean(sampled_r > 0.5)),
     f"pass{k}": float(np.mean(tasks.pass_at_k(np.full_like(correct, k), correct, k))),
+    "response_len_greedy": float(np.mean(greedy_len)),
+    "response_len_sampled": float(np.mean(sampled_len)),
   }

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
@@ -94,8 +95,13 @@ def restore_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
   if not steps:
     raise FileNotFoundError(f"config.teacher.path: no checkpoint under {ckpt_dir!r}")
   step = steps[-1]
+  path = os.path.join(ckpt_dir, str(step), "state")
   with ocp.PyTreeCheckpointer() as ckptr:
-    raw = ckptr.restore(os.path.join(ckpt_dir, str(step), "state"))
+    # Host arrays on every process, whatever devices wrote the run (a one-device run's arrays would
+    # otherwise restore onto process 0's device only); the trainer then places them on its mesh.
+    tree = ckptr.metadata(path).item_metadata.tree
+    host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    raw = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=host))
   pure = jax_tree_to_numpy(raw["params"])
   params = nnx.State(abstract_params)  # a copy we can fill
   nnx.replace_by_pure_dict(params, pure)

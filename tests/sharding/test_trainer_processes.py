@@ -36,7 +36,8 @@ def _by_step(log):
 def check_two_processes_equal_one(tmp_path, overrides=(), steps=((0, "sft"), (1, "rl"), (2, "rl"))):
   """Runs the worker on 1 and on 2 processes with `overrides`: each process of the pair loaded
   half of every step's problems (disjoint, process 0's then process 1's = the one-process list),
-  and the metrics and the final checkpoint equal the one-process run's."""
+  and the metrics and the final checkpoint equal the one-process run's. `steps`: the training
+  (step, kind) entries expected; evaluations ("eval") are checked alike. Returns the three logs."""
   ref_dir, two_dir = tmp_path / "one", tmp_path / "two"
   (ref,) = _launch(1, ref_dir, overrides)
   p0, p1 = _launch(2, two_dir, overrides)
@@ -46,12 +47,16 @@ def check_two_processes_equal_one(tmp_path, overrides=(), steps=((0, "sft"), (1,
     _by_step(p0["problem_log"]),
     _by_step(p1["problem_log"]),
   )
-  assert sorted(ref_log) == sorted(log0) == sorted(log1) == sorted(steps)
+  assert sorted(ref_log) == sorted(log0) == sorted(log1)
+  assert sorted(k for k in ref_log if k[1] != "eval") == sorted(steps)
   for key, full in ref_log.items():
     mine0, mine1 = log0[key], log1[key]
     assert len(mine0) == len(mine1) == len(full) // 2, key  # an even split of the step
     assert not set(mine0) & set(mine1), key  # disjoint
-    assert mine0 + mine1 == full, key  # process 0's rows, then process 1's: the global order
+    if key[1] == "eval":  # each batch of 64 problems is split: the eval test checks the order
+      assert sorted(mine0 + mine1) == sorted(full), key
+    else:
+      assert mine0 + mine1 == full, key  # process 0's rows, then process 1's: the global order
 
   # Same numbers as one process: the metrics process 0 wrote, and the final checkpoint.
   ref_run, two_run = str(ref_dir / "run"), str(two_dir / "run")
@@ -61,6 +66,7 @@ def check_two_processes_equal_one(tmp_path, overrides=(), steps=((0, "sft"), (1,
   assert case.checkpoint_steps(two_run) == case.checkpoint_steps(ref_run) == [3]
   saved, expected = case.restore_numpy(two_run, 3), case.restore_numpy(ref_run, 3)
   case.assert_trees_close(saved, expected, "checkpoint after SFT + 2 RL steps")
+  return ref_log, log0, log1
 
 
 @pytest.mark.slow
