@@ -22,14 +22,13 @@ SFT trains on dataset prefixes, RL and OPD/MOPD on the learner's own samples. On
      (Step E; 1 at the first minibatch) and by the release weights;
   6. EMA teacher update when `teacher.source == "ema"`.
 
-In a multi-process run each process samples and prepares only its share of the groups and one
-sharded teacher pass scores the global batch (`_distill_local.py`).
+The step (`_distill_local.py`) has one code path for one process and many: each process samples
+and prepares only its share of the groups, and one teacher pass scores the global batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -39,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, losses, models, tasks
-from postrain.train import _data, _mesh, _rollout, _teacher
+from postrain.train import _data, _teacher
 
 LOSSES = ("reverse_kl", "jsd", "topk", "pg")
 CONTEXTS = ("positive", "contrastive")
@@ -412,98 +411,10 @@ class Distiller:
       self.teacher_params = jax.tree.map(jnp.copy, params)
 
   def step(self, tr: Any) -> dict[str, float]:
-    """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics."""
-    cfg, rl = self.config, self.config.rl
-    if tr.mesh.multi_process:  # each process samples and scores its own share of the problems
-      from postrain.train import _distill_local
+    """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics.
 
-      return _distill_local.distill_step(self, tr)
-    problems = _data.step_problems(
-      tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
-    )
-    tr._record_problems("distill", problems)
-    tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
-    key = jax.random.fold_in(tr.base_key, tr.step)
-    out, texts, sample_s = _rollout.generate_groups(
-      tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key
-    )
-    rewards, vstats = _rollout.score(
-      tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
-    )
-    batch, metrics = self.make_batch(tr, out, texts, problems, rewards)
-    batch = _mesh.as_numpy(batch)  # host rows; each process places its own (tr.mesh.from_host)
-    start = time.perf_counter()
-    auxes = []
-    for mb in tr.mesh.minibatches(batch, rl.updates_per_batch):
-      tr.params, tr.opt_state, aux = self.update(tr.params, tr.opt_state, mb)
-      if self.ema:
-        self.teacher_params = self.ema_update(self.teacher_params, tr.params)
-      auxes.append(aux)
-    metrics.update(tr.mesh.mean_metrics(auxes))
-    update_s = time.perf_counter() - start
-    metrics.update(
-      reward_mean=float(np.mean(rewards)),
-      accuracy=float(np.mean(rewards > 0.5)),
-      response_len=float(np.mean(np.asarray(out.lengths))),
-      sample_tokens_per_s=float(np.asarray(out.lengths).sum()) / sample_s,
-      train_tokens_per_s=float(np.asarray(out.valid).sum()) / update_s,
-      verifier_timeouts=float(vstats.timeouts),
-      verifier_errors=float(vstats.errors),
-    )
-    return metrics
+    Each process samples and prepares its own share of the step's groups (one process: all of
+    them), see `_distill_local.distill_step`."""
+    from postrain.train import _distill_local
 
-  def make_batch(
-    self, tr: Any, out: Any, texts: list[str], problems: list[tasks.Problem], rewards: np.ndarray
-  ) -> tuple[dict[str, jax.Array], dict[str, float]]:
-    """The update batch of a rollout: student sequences, targets, teacher outputs and weights."""
-    cfg, d = self.config, self.config.distill
-    resp_len = cfg.rl.max_new_tokens
-    tokens, valid = np.asarray(out.tokens), np.asarray(out.valid)
-    targets = tokens[:, -resp_len:]
-    mask = np.asarray(out.response_mask[:, -resp_len:], np.float32)
-    weights = np.ones_like(mask)
-    metrics: dict[str, float] = {}
-    if cfg.mode == "mopd":
-      t_prompts, has_peer, truncated = mopd_teacher_prompts(
-        tr.data,
-        problems,
-        texts,
-        rewards,
-        group_size=cfg.rl.group_size,
-        d=d,
-        seed=cfg.seed * 100_003 + tr.step,
-      )
-      t_tokens, t_valid = teacher_layout(
-        t_prompts, targets, valid[:, -resp_len:], pad_id=max(tr.data.tokenizer.pad_id, 0)
-      )
-      if d.drop_no_peer:
-        weights = weights * has_peer[:, None]
-      metrics.update(
-        peer_frac=float(np.mean(has_peer)),
-        teacher_prompt_len=float(np.mean([len(p) for p in t_prompts])),
-        teacher_prompt_truncated=float(truncated),
-      )
-    else:
-      t_tokens, t_valid = tokens, valid
-    tout = self.teacher_fn(
-      self.teacher_params, t_tokens, t_valid, tr.params, tokens, valid, targets
-    )
-    if d.release:
-      n_seg = int(d.release_num_segments)
-      seg = segment_ids(targets, mask, tr.data.tokenizer, n_seg)
-      keep, info = advantages.teachability_release(
-        tout.pop("margin"), jnp.asarray(seg), jnp.asarray(mask), num_segments=n_seg
-      )
-      weights = weights * np.asarray(advantages.release_weights(keep, jnp.asarray(mask)))
-      kept = float(np.sum(np.asarray(keep) * mask) / max(mask.sum(), 1.0))
-      metrics.update(release_frac=float(np.mean(np.asarray(info["release"]))), release_kept=kept)
-    batch = {
-      "tokens": jnp.asarray(tokens),
-      "valid": jnp.asarray(valid),
-      "targets": jnp.asarray(targets),
-      "mask": jnp.asarray(mask),
-      "weights": jnp.asarray(weights, jnp.float32),
-      "old_logp": jnp.asarray(out.model_logp[:, -resp_len:], jnp.float32),
-      **tout,
-    }
-    return batch, metrics
+    return _distill_local.distill_step(self, tr)

@@ -1,8 +1,8 @@
-"""The OPD / MOPD step of a multi-process run with per-process data loading (`_local.rl_step` for
-the distillation modes).
+"""The OPD / MOPD step with per-process data loading (`_local.rl_step` for the distillation modes):
+one code path for one process and for many.
 
 Every process computes the step's problem list (a function of (seed, step)) and takes its
-contiguous share of whole groups (`MeshContext.item_slice`): items `[a, b)` fill rows
+contiguous share of whole groups (`MeshContext.item_slice`; one process: all of them): items `[a, b)` fill rows
 `[a * G, b * G)` of the global batch, process 0's rows, then process 1's, ... It samples
 (`prompt_offset=a`), decodes, verifies, builds the MOPD teacher prompts and the sentence segments
 of only those rows. The teacher inputs and the update batch are assembled on the mesh from the
@@ -43,8 +43,8 @@ def shard_teacher_fn(fn: Callable[..., Any], dist: Any, trainer: Any) -> Callabl
 
 
 def distill_step(dist: Any, tr: Any) -> dict[str, float]:
-  """One OPD / MOPD step of a multi-process run (`Distiller.step` there): each process samples,
-  verifies and prepares only its share of the step's groups; metrics are of the whole batch."""
+  """One OPD / MOPD step (`Distiller.step`): each process samples, verifies and prepares only its
+  share of the step's groups (one process: all of them); metrics are of the whole batch."""
   cfg, rl, mesh = tr.config, tr.config.rl, tr.mesh
   problems = _data.step_problems(
     tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
@@ -55,8 +55,9 @@ def distill_step(dist: Any, tr: Any) -> dict[str, float]:
   tr._record_problems("distill", problems)
   tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
   key = jax.random.fold_in(tr.base_key, tr.step)
+  offset = mine.start if mesh.multi_process else None
   out, texts, sample_s = _rollout.generate_groups(
-    tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key, prompt_offset=mine.start
+    tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key, prompt_offset=offset
   )
   rewards, vstats = _rollout.score(
     tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
@@ -100,8 +101,9 @@ def local_batch(
   group_offset: int,
   num_rows: int,
 ) -> tuple[dict[str, jax.Array], dict[str, float], dict[str, np.ndarray]]:
-  """`Distiller.make_batch` from this process's rows: (the global update batch on the mesh, the
-  batch metrics, the all-gathered per-row host values "rewards" and "lengths").
+  """The update batch from this process's rows of a rollout: (the global batch on the mesh: student
+  sequences, targets, teacher outputs and weights; the batch metrics; the all-gathered per-row
+  host values "rewards" and "lengths").
 
   `out` / `texts` / `problems` / `rewards` are this process's groups, the first being global group
   `group_offset`; the batch has `num_rows` rows in all.
