@@ -26,12 +26,28 @@ def _checkpoints(workdir):
   return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
 
 
-def _run_until_checkpoint(workdir, min_step, sig):
+def _last_train_step(workdir):
+  """The last step with a "train" record in metrics.jsonl (written synchronously every step)."""
+  steps = [0]
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        if '"train"' in line and line.endswith("\n"):
+          steps.append(json.loads(line)["step"])
+  except FileNotFoundError:
+    pass
+  return max(steps)
+
+
+def _run_until_checkpoint(workdir, min_step, sig, *, min_train_step=0):
+  """Starts the CLI and sends `sig` once a checkpoint of step >= `min_step` is on disk and a
+  train record of step >= `min_train_step` is written."""
   proc = run_cli(workdir, wait=False)
   deadline = time.time() + 600
   try:
     while time.time() < deadline:
-      if any(s >= min_step for s in _checkpoints(workdir)):
+      saved = any(s >= min_step for s in _checkpoints(workdir))
+      if saved and _last_train_step(workdir) >= min_train_step:
         proc.send_signal(sig)
         break
       if proc.poll() is not None:
@@ -53,8 +69,10 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
 
   killed = str(tmp_path / "killed")
-  # Kill during the RL phase (SFT takes 4 steps in the test config; checkpoints every 2).
-  code, _ = _run_until_checkpoint(killed, 6, signal.SIGKILL)
+  # Kill during the RL phase (SFT takes 4 steps in the test config, 8 in all; checkpoints every 2),
+  # right after step 5's record: checkpoints are committed asynchronously, so waiting for step 6's
+  # to appear could let a busy machine finish the whole run first.
+  code, _ = _run_until_checkpoint(killed, 2, signal.SIGKILL, min_train_step=5)
   assert code == -signal.SIGKILL
   assert not os.path.exists(os.path.join(killed, "report.json")) or "final" not in json.load(
     open(os.path.join(killed, "report.json"))
