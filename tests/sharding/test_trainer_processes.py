@@ -94,22 +94,15 @@ def test_scrl_run_with_per_process_groups_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_smepo_run_with_per_process_prompts_equals_one_process(tmp_path):
-  check_two_processes_equal_one(tmp_path, SMEPO)
-  rl = [r for r in case.train_records(str(tmp_path / "two" / "run")) if "smepo/guided_frac" in r]
-  assert len(rl) == 2 and all(r["smepo/guided_frac"] == 0.5 for r in rl)  # 2 of 4 guided
-
-
-@pytest.mark.slow
-def test_ftis_run_with_a_foreign_block_equals_one_process(tmp_path):
-  # 3 foreign groups, 2 per step: step 1 takes groups 2 and 0 (wraps around the file).
+def test_smepo_and_ftis_run_equals_one_process(tmp_path):
+  # Both in one run (each process start costs ~20 s): SMEPO guides half the own prompts, F-TIS
+  # appends 3 foreign groups, 2 per step (step 1 takes groups 2 and 0: wraps around the file).
   path = tmp_path / "foreign.npz"
   case.write_foreign_rollouts(path, num_groups=3, group_size=4, resp_len=8)
-  check_two_processes_equal_one(
-    tmp_path, (("rl.ftis.path", str(path)), ("rl.ftis.prompts_per_step", 2))
-  )
+  ftis = (("rl.ftis.path", str(path)), ("rl.ftis.prompts_per_step", 2))
+  check_two_processes_equal_one(tmp_path, (*SMEPO, *ftis))
   rl = [r for r in case.train_records(str(tmp_path / "two" / "run")) if "ftis_kl_mean" in r]
-  assert len(rl) == 2
+  assert len(rl) == 2 and all(r["smepo/guided_frac"] == 0.5 for r in rl)  # 2 of 4 guided
 
 
 def test_ftis_block_that_does_not_split_over_the_batch_axes_is_refused():
