@@ -131,24 +131,18 @@ def shard_logprob_fn(
   logical_rules: Sequence[LogicalRule] | None = None,
 ) -> Callable[..., Any]:
   """`fn(params, tokens, mask, valid) -> logp` (`_steps.make_logprob_fn`) with the batch split on
-  dimension 0 in and out."""
+  dimension 0 in and out (`shard_batch_fn`, plus a check that names the batch array)."""
   b = batch_sharding_
-  jitted = jax.jit(_own_trace(fn), in_shardings=(param_shardings_, b, b, b), out_shardings=b)
+  inner = shard_batch_fn(fn, (param_shardings_, b, b, b), b, logical_rules=logical_rules)
 
   def call(params, tokens, mask, valid):
     check_batch({"tokens": tokens, "mask": mask, "valid": valid}, b, name="")
-    params, (tokens, mask, valid) = (
-      _put(params, param_shardings_),
-      _put((tokens, mask, valid), (b, b, b)),
-    )
-    with activation_sharding(b.mesh, logical_rules):
-      return jitted(params, tokens, mask, valid)
+    return inner(params, tokens, mask, valid)
 
   def lower(params, tokens, mask, valid):
     """The lowered computation for (abstract) arguments, traced with the activation rules."""
     check_batch({"tokens": tokens, "mask": mask, "valid": valid}, b, name="")
-    with activation_sharding(b.mesh, logical_rules):
-      return jitted.lower(params, tokens, mask, valid)
+    return inner.lower(params, tokens, mask, valid)
 
   call.lower = lower
   return call
@@ -163,14 +157,21 @@ def shard_batch_fn(
 ) -> Callable[..., Any]:
   """`fn(*args)` jitted with explicit shardings: `in_shardings[i]` for argument i (a parameter
   shardings tree, or `batch_sharding_` for a batch array), every output split on dimension 0
-  (e.g. a teacher pass over the batch, `train/_distill_local.py`)."""
+  (e.g. a teacher pass over the batch, `train/_distill_local.py`). `.lower(*args)` gives the
+  lowered computation, traced with the activation rules."""
   jitted = jax.jit(_own_trace(fn), in_shardings=in_shardings, out_shardings=batch_sharding_)
+  mesh = batch_sharding_.mesh
 
   def call(*args):
     args = _put(args, tuple(in_shardings))
-    with activation_sharding(batch_sharding_.mesh, logical_rules):
+    with activation_sharding(mesh, logical_rules):
       return jitted(*args)
 
+  def lower(*args):
+    with activation_sharding(mesh, logical_rules):
+      return jitted.lower(*args)
+
+  call.lower = lower
   return call
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, sharding
-from postrain.train import _data, _distill, _rollout
+from postrain.train import _data, _distill, _local, _rollout
 
 
 def shard_teacher_fn(fn: Callable[..., Any], dist: Any, trainer: Any) -> Callable[..., Any]:
@@ -74,18 +74,10 @@ def distill_step(dist: Any, tr: Any) -> dict[str, float]:
     auxes.append(aux)
   metrics.update(mesh.mean_metrics(auxes))
   update_s = time.perf_counter() - start
-  timeouts, errors, train_tokens = mesh.sum_over_processes(
-    [vstats.timeouts, vstats.errors, int(np.asarray(out.valid).sum())]
-  )
   all_rewards, lengths = everyone["rewards"], everyone["lengths"]
+  metrics.update(reward_mean=float(np.mean(all_rewards)), response_len=float(np.mean(lengths)))
   metrics.update(
-    reward_mean=float(np.mean(all_rewards)),
-    accuracy=float(np.mean(all_rewards > 0.5)),
-    response_len=float(np.mean(lengths)),
-    sample_tokens_per_s=float(lengths.sum()) / sample_s,
-    train_tokens_per_s=float(train_tokens) / update_s,
-    verifier_timeouts=float(timeouts),
-    verifier_errors=float(errors),
+    _local.rollout_metrics(mesh, out, vstats, all_rewards, lengths, sample_s, update_s)
   )
   return metrics
 

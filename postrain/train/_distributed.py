@@ -128,6 +128,15 @@ def sum_over_processes(values: Any) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
 
 
+def max_over_processes(value: int) -> int:
+  """The largest of the processes' values of a host int, identical on every process."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+
+  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
 def process_share(num_items: int) -> slice:
   """This process's equal contiguous share of `num_items` host items (process 0 first); ValueError
   when the process count does not divide them."""

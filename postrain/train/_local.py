@@ -97,18 +97,34 @@ def rl_step(
       tr.ref_params, batch["tokens"], batch["mask"], batch["valid"]
     )
   update_s = tr.rl_updates(mesh.device_minibatches(batch, rl.updates_per_batch), rl_step, metrics)
-  timeouts, errors, train_tokens = mesh.sum_over_processes(
-    [vstats.timeouts, vstats.errors, int(np.asarray(out.valid).sum())]
-  )
   metrics.update(
-    accuracy=float(np.mean(rewards > 0.5)),
-    sample_tokens_per_s=float(everyone["lengths"].sum()) / sample_s,
-    train_tokens_per_s=float(train_tokens) / update_s,
-    verifier_timeouts=float(timeouts),
-    verifier_errors=float(errors),
+    rollout_metrics(mesh, out, vstats, rewards, everyone["lengths"], sample_s, update_s)
   )
   metrics.update(smepo_metrics)
   return metrics
+
+
+def rollout_metrics(
+  mesh: Any,
+  out: Any,
+  vstats: Any,
+  rewards: np.ndarray,
+  lengths: np.ndarray,
+  sample_s: float,
+  update_s: float,
+) -> dict[str, float]:
+  """Whole-batch accuracy, throughput and verifier counts of a step: `rewards` / `lengths` are
+  all B rows (all-gathered), `out` / `vstats` this process's rows (summed over processes)."""
+  timeouts, errors, train_tokens = mesh.sum_over_processes(
+    [vstats.timeouts, vstats.errors, int(np.asarray(out.valid).sum())]
+  )
+  return {
+    "accuracy": float(np.mean(rewards > 0.5)),
+    "sample_tokens_per_s": float(lengths.sum()) / sample_s,
+    "train_tokens_per_s": float(train_tokens) / update_s,
+    "verifier_timeouts": float(timeouts),
+    "verifier_errors": float(errors),
+  }
 
 
 def _step_prompts(

@@ -121,12 +121,7 @@ class MeshContext:
     return _distributed.sum_over_processes(values)
 
   def max_over_processes(self, value: int) -> int:
-    """The largest of the processes' values of a host int (identical on every process)."""
-    if not self.multi_process:
-      return int(value)
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+    return _distributed.max_over_processes(value)
 
   def concat_rows(self, first: Any, second: Any) -> Any:
     """Two batches of global arrays (same fields) -> their rows `[first; second]` split over the
