@@ -2,7 +2,7 @@
 
 XLA_FLAGS is read when the JAX backend starts, so when the command line names only tests of this
 directory the flag is set here at import, before any test touches a device. Otherwise (the whole
-suite, `python -m pytest -n 2`, or any xdist worker) this process keeps its devices, and the tests
+suite, `pytest -n 2`, or any xdist worker) this process keeps its devices, and the tests
 of this directory run in one child pytest process that has the flag (shared by the xdist workers
 through a file lock); each test here reports its child's outcome. A module with `ANY_DEVICES = True`
 always runs in-process.
