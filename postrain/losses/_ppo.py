@@ -52,7 +52,11 @@ def ppo_clip(
   decisions as "sequence"; its gradient is s_i·A_{i,t}·∇logp_{i,t} per token (with per-sequence
   advantages it equals the "sequence" gradient under every `agg`). Per-token advantages are
   allowed at every level. Log-ratios are clamped at 20 before `exp` (zero gradient beyond).
-  Masked positions may hold any finite value (they are multiplied by 0, never selected).
+  Masked positions may hold anything, NaN and ±inf included: they are selected away (`where`)
+  at the boundary and change neither the value, the aux metrics nor the gradient (exactly 0
+  there). At *unmasked* positions nothing is hidden: NaN in `logp`/`old_logp` gives a NaN loss,
+  and an infinite advantage gives ±inf or NaN (inf·0 at a clipped token); the trainer's
+  `check_finite` option names the first non-finite metric and step.
 
   Implementation: "token" and "sequence_token" use a custom VJP with the analytic gradient
   (−A·w·ρ on tokens whose branch is not clipped, times the aggregation weight); this makes them
