@@ -151,6 +151,8 @@ def base_config() -> mlc.ConfigDict:
   c.distributed = mlc.ConfigDict(
     dict(coordinator_address="", num_processes=0, process_id=-1, local_device_ids="", auto=False)
   )
+  # Reliability switches (issue 15; README "Reliability").
+  c.check_finite = False  # stop at the first non-finite train/eval metric, naming it and the step
   return c
 
 
