@@ -8,6 +8,7 @@ summary says "preempted at step N"; rerun the same command to resume.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -36,6 +37,13 @@ def main(argv: list[str]) -> None:
     report = train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as err:  # a bad config or input: one clear line, no trace
     print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as err:  # e.g. a read-only --workdir: the path, in one line
+    if err.filename is None:
+      raise
+    denied = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    print(f"error: cannot {'write' if denied else 'access'} {err.filename}: {err.strerror}",
+          file=sys.stderr)  # fmt: skip
     sys.exit(2)
   except FloatingPointError as err:  # config.check_finite
     print(f"error: {err}", file=sys.stderr)

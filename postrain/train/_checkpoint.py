@@ -177,7 +177,7 @@ def check_workdir_config(workdir: str, config_json: str) -> None:
     with open(path, encoding="utf-8") as f:
       previous = json.load(f)
     current = json.loads(config_json)
-    diff = sorted(_diff_keys(previous, current))
+    diff = sorted(_diff_keys(previous, current, defaults=_defaults()))
     if diff:
       raise ValueError(
         f"workdir {workdir!r} belongs to a different config (keys differ: {', '.join(diff)}). "
@@ -204,16 +204,28 @@ _MAY_DIFFER |= {
 }
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+def _defaults() -> dict[str, Any]:
+  from postrain.train.config import base_config
+
+  return json.loads(base_config().to_json())
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> set[str]:
+  """Keys whose values differ between the recorded config `a` and the current `b`. A key that
+  `a` lacks and `b` holds at its default (`defaults`: the schema's) is a key added to postrain
+  after the run started: not a difference, so older workdirs still resume."""
   if isinstance(a, dict) and isinstance(b, dict):
+    defaults = defaults if isinstance(defaults, dict) else {}
     out: set[str] = set()
     for key in set(a) | set(b):
       name = f"{prefix}{key}"
       if name in _MAY_DIFFER:
         continue
+      if key not in a and key in defaults and b[key] == defaults[key]:
+        continue
       if key not in a or key not in b:
         out.add(name)
       else:
-        out |= _diff_keys(a[key], b[key], name + ".")
+        out |= _diff_keys(a[key], b[key], name + ".", defaults.get(key))
     return out
   return set() if a == b else {prefix.rstrip(".")}

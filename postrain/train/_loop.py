@@ -84,6 +84,8 @@ class Trainer:
       self.data = _data.load_task_data(
         config, workdir, tokenizer=tokenizer, chat_template=chat_template
       )
+    # Lengths and counts against the config (file:line of the worst offender), before compiling.
+    self.data_stats = _data.check_task_data(config, self.data)
     vocab = self.data.tokenizer.vocab_size
     if model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
       # Created in its shards: no device ever holds the whole model.
@@ -306,6 +308,7 @@ class Trainer:
     resume = self.step if self.step else None
     writer = _metrics.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
     report = self._load_report()
+    report.update(self.data_stats)  # eval_num_problems, sft_examples_truncated
     bar = tqdm(
       total=self.total_steps,
       initial=self.step,

@@ -67,3 +67,21 @@ def test_no_readable_checkpoint_fails_naming_the_directory_and_moves_nothing(tmp
     )
   assert directory in str(err.value)
   assert sorted(os.listdir(directory)) == ["1"]
+
+
+def test_workdir_of_an_older_postrain_without_a_new_key_still_resumes(tmp_path):
+  from postrain.train.config import base_config
+
+  old = base_config()
+  recorded = old.to_dict()
+  del recorded["sft"]["allow_truncation"]  # a key added after the run started
+  workdir = str(tmp_path / "w")
+  os.makedirs(workdir)
+  import json
+
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(recorded, f)
+  _checkpoint.check_workdir_config(workdir, old.to_json(sort_keys=True))  # at its default: fine
+  old.sft.allow_truncation = True
+  with pytest.raises(ValueError, match=r"sft\.allow_truncation"):
+    _checkpoint.check_workdir_config(workdir, old.to_json(sort_keys=True))
