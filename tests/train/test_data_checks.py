@@ -88,7 +88,7 @@ def test_eval_num_problems_out_of_range_is_refused_up_front(tmp_path, n):
   assert not os.path.exists(tmp_path / "w")  # refused before the workdir is touched
 
 
-def test_eval_num_problems_larger_than_a_small_heldout_file_is_refused(tmp_path):
+def test_data_stats_record_the_evaluated_count(tmp_path):
   from postrain import train
 
   data = tmp_path / "gsm8k.jsonl"
