@@ -102,7 +102,7 @@ def group_normalized(
 
   Args:
     rewards: f32[B] scalar rewards, groups contiguous (`B = P * G`).
-    group_size: static G; must divide B.
+    group_size: static G >= 2; must divide B (G = 1 is refused: every advantage would be 0).
     scale: "group" | "batch" | "none".
     eps: added to the std in the denominator (>= 0).
 
@@ -110,6 +110,11 @@ def group_normalized(
     f32[B] advantages (float64 if `rewards` is float64).
   """
   _check_rewards(rewards, group_size)
+  if group_size < 2:  # r − μ = 0 for a group of one: every advantage 0, nothing learned
+    raise ValueError(
+      f"`group_size` must be >= 2 for group_normalized (a group of one sample has advantage "
+      f"r - mean = 0 whatever its reward), got {group_size}."
+    )
   check_choice("scale", scale, SCALES)
   check_positive("eps", eps, allow_zero=True)
   rewards = jnp.asarray(rewards)

@@ -30,7 +30,8 @@ def sequence_scores(logp: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 def _scores(logp, mask, dtype):
   count = jnp.sum(mask, axis=-1)
-  total = jnp.sum(logp.astype(dtype) * mask, axis=-1)  # padding: any finite value, times 0
+  # Padding may hold anything (NaN, -inf): selected away, so it reaches neither value nor gradient.
+  total = jnp.sum(jnp.where(mask != 0, logp.astype(dtype) * mask, 0.0), axis=-1)
   return total / jnp.maximum(count, 1.0), count
 
 

@@ -59,6 +59,10 @@ def prepare_policy_inputs(
   the compute dtype (float32, or float64 under x64), `old_logp`/`adv`/`is_weights`
   stop-gradiented, and `adv` of shape [B, 1] (per-sequence advantages, broadcast lazily) or
   [B, T]. `logp` keeps its dtype so its gradient keeps it too.
+
+  Masked positions (mask == 0) of every [B, T] input are replaced by 0 with `where` (not a
+  multiply: 0·NaN = NaN), so whatever they hold (NaN, ±inf from padding) changes neither the
+  loss nor its gradient, which is exactly 0 there.
   """
   V.check_floating("logp", logp)
   V.check_rank("logp", logp, 2)
@@ -82,9 +86,20 @@ def prepare_policy_inputs(
   adv = jax.lax.stop_gradient(adv)
   old_logp = jax.lax.stop_gradient(jnp.asarray(old_logp, dtype))
   mask = jnp.asarray(mask, dtype)
+  keep = mask != 0
+  logp = select_masked(keep, logp)
+  old_logp = select_masked(keep, old_logp)
+  # Per-token advantages at masked tokens; per-sequence ones of rows with no token that counts.
+  adv = select_masked(keep if adv.shape == keep.shape else jnp.any(keep, -1, keepdims=True), adv)
   if is_weights is not None:
-    is_weights = jax.lax.stop_gradient(jnp.asarray(is_weights, dtype))
+    is_weights = select_masked(keep, jax.lax.stop_gradient(jnp.asarray(is_weights, dtype)))
   return logp, old_logp, adv, mask, is_weights, dtype
+
+
+def select_masked(keep: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+  """x where `keep`, else 0 (of x's dtype): masked entries, even NaN / ±inf, reach neither the
+  value nor the gradient (the VJP of `where` sends 0 to the unselected branch)."""
+  return jnp.where(keep, x, jnp.zeros((), x.dtype))
 
 
 def clamp(x: jnp.ndarray, lo: Any, hi: Any) -> jnp.ndarray:
@@ -107,8 +122,8 @@ def clamped_exp(log_ratio: jnp.ndarray) -> jnp.ndarray:
 
 
 def row_sum(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-  """Σ_t mask·x per row: f32[B]."""
-  return jnp.sum(x * mask, axis=-1)
+  """Σ_t mask·x per row: f32[B] (masked entries of x selected away, whatever they hold)."""
+  return jnp.sum(jnp.where(mask != 0, x * mask, 0.0), axis=-1)
 
 
 def token_mean(x: jnp.ndarray, mask: jnp.ndarray, count: jnp.ndarray) -> jnp.ndarray:
@@ -119,4 +134,4 @@ def token_mean(x: jnp.ndarray, mask: jnp.ndarray, count: jnp.ndarray) -> jnp.nda
   total = jnp.maximum(jnp.sum(count), 1.0)
   if x.shape[-1] == 1 and mask.shape[-1] != 1:
     return jnp.sum(x[:, 0] * count) / total
-  return jnp.sum(x * mask) / total
+  return jnp.sum(jnp.where(mask != 0, x * mask, 0.0)) / total

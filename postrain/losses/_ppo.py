@@ -52,7 +52,11 @@ def ppo_clip(
   decisions as "sequence"; its gradient is s_i·A_{i,t}·∇logp_{i,t} per token (with per-sequence
   advantages it equals the "sequence" gradient under every `agg`). Per-token advantages are
   allowed at every level. Log-ratios are clamped at 20 before `exp` (zero gradient beyond).
-  Masked positions may hold any finite value (they are multiplied by 0, never selected).
+  Masked positions may hold anything, NaN and ±inf included: they are selected away (`where`)
+  at the boundary and change neither the value, the aux metrics nor the gradient (exactly 0
+  there). At *unmasked* positions nothing is hidden: NaN in `logp`/`old_logp` gives a NaN loss,
+  and an infinite advantage gives ±inf or NaN (inf·0 at a clipped token); the trainer's
+  `check_finite` option names the first non-finite metric and step.
 
   Implementation: "token" and "sequence_token" use a custom VJP with the analytic gradient
   (−A·w·ρ on tokens whose branch is not clipped, times the aggregation weight); this makes them
@@ -68,7 +72,7 @@ def ppo_clip(
     old_logp: f32[B, T] log π_old (constant: stop-gradiented).
     advantages: f32[B] (per sequence) or f32[B, T] (per token), constant.
     mask: f32|bool[B, T], 1 on response tokens that count (float = per-token weight).
-    eps_low: lower clip, ρ ≥ 1 − eps_low (GRPO 0.2; GSPO 3e-4); static Python number ≥ 0.
+    eps_low: lower clip, ρ ≥ 1 − eps_low (GRPO 0.2; GSPO 3e-4); static Python number in [0, 1).
     eps_high: upper clip, ρ ≤ 1 + eps_high (DAPO 0.28; GSPO 4e-4); static Python number ≥ 0.
     level: "token", "sequence" or "sequence_token" (static).
     agg: "token_mean", "seq_mean_token_mean", "seq_mean_token_sum" or
@@ -90,6 +94,11 @@ def ppo_clip(
   check_agg(agg, max_len)
   I.check_python_number("eps_low", eps_low, traced_ok=False)
   I.check_python_number("eps_high", eps_high, traced_ok=False)
+  if eps_low >= 1:  # 1 − eps_low <= 0: the lower clip would silently vanish
+    raise ValueError(
+      f"`eps_low` must be in [0, 1) (the ratio's lower bound 1 - eps_low must be positive), "
+      f"got {eps_low}."
+    )
   if dual_clip is not None:
     I.check_python_number("dual_clip", dual_clip, traced_ok=False)
     if dual_clip <= 1:

@@ -31,10 +31,34 @@ class GGUFFile:
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
+    if os.path.getsize(self.path) < 24:
+      raise ValueError(f"{self.path} is not a GGUF file (only {os.path.getsize(self.path)} bytes).")
     self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
     self._buf = memoryview(self._map)
     if bytes(self._buf[:4]) != _MAGIC:
       raise ValueError(f"{self.path} is not a GGUF file (bad magic).")
+    try:
+      self._read_header()
+    except (struct.error, IndexError, OverflowError, MemoryError) as err:  # ran off the end
+      raise ValueError(
+        f"{self.path}: truncated GGUF file: its header ends past the file's "
+        f"{len(self._buf)} bytes ({err}). Download or copy the file again."
+      ) from None
+    expected = max((i.offset + self._nbytes(i) for i in self.tensors.values()), default=0)
+    if expected > len(self._buf):
+      raise ValueError(
+        f"{self.path}: truncated GGUF file, expected {expected} bytes, found {len(self._buf)}. "
+        "Download or copy the file again."
+      )
+
+  @staticmethod
+  def _nbytes(info: TensorInfo) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(info.ggml_type)]
+    return int(np.prod(info.shape, dtype=np.int64)) // block * type_size
+
+  def _read_header(self) -> None:
     version, n_tensors, n_kv = struct.unpack_from("<IQQ", self._buf, 4)
     if version not in (2, 3):
       raise ValueError(

@@ -40,7 +40,17 @@ class SentencePieceTokenizer:
   def __init__(self, path: str | os.PathLike):
     import sentencepiece as spm
 
-    self._sp = spm.SentencePieceProcessor(model_file=os.fspath(path))
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"sentencepiece model not found: {path}")
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as err:  # a garbage or truncated file
+      raise ValueError(
+        f"{path} is not a readable sentencepiece model ({str(err).splitlines()[0][:200]}). "
+        "Delete it to have the trainer rebuild it from the task corpus (a workdir's "
+        "tokenizer/ directory), or point tokenizer.path at a valid .model file."
+      ) from None
     self.vocab_size = int(self._sp.get_piece_size())
     self.bos_id, self.eos_id, self.pad_id = (
         int(self._sp.bos_id()), int(self._sp.eos_id()), int(self._sp.pad_id()))  # fmt: skip

@@ -366,6 +366,7 @@ class Sampler:
       cache_size=self.cache_size,
       bucket=self.prompt_bucket,
     )
+    check_positions(prepared.lengths, max_new_tokens, self.cfg.max_position_embeddings)
     greedy = temperature == 0
     mode = _Mode(
       n=n,
@@ -445,3 +446,19 @@ def sample(
     pad_id=pad_id,
     prompt_lengths=prompt_lengths,
   )
+
+
+def check_positions(prompt_lengths: Any, max_new_tokens: int, max_positions: int) -> None:
+  """Refuses prompts (plus their new tokens) past the model's `max_position_embeddings`: RoPE
+  would still run there, on positions the model never saw, without an error."""
+  longest = int(np.max(np.asarray(prompt_lengths))) if np.size(prompt_lengths) else 0
+  if longest > max_positions:
+    raise ValueError(
+      f"a prompt of {longest} tokens is longer than the model's max_position_embeddings="
+      f"{max_positions}; shorten or drop it."
+    )
+  if longest + max_new_tokens > max_positions:
+    raise ValueError(
+      f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
+      f"model's max_position_embeddings={max_positions}; lower max_new_tokens or shorten it."
+    )

@@ -49,11 +49,18 @@ def load_gsm8k_jsonl(path: str | os.PathLike, *, task: str = "gsm8k") -> list[Pr
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GSM8K JSONL file not found: {path}")
   problems = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+          "re-encode the file as UTF-8."
+        ) from None
       if not line.strip():
         continue
-      where = f"{path}:{lineno}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:

@@ -112,12 +112,18 @@ def load_task_data(
 def _load_tokenizer(config: mlc.ConfigDict, workdir: str, train: list[tasks.Problem]) -> Any:
   """The run's tokenizer: the pretrained model's own, or one trained on the task corpus."""
   tok = config.tokenizer
+  if tok.kind in ("hf", "gguf"):
+    key = "tokenizer.path" if tok.path else "model.path"
+    path = tok.path or config.model.path
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.{key}: no such file or directory {path!r}")
   if tok.kind == "gguf":  # the vocabulary and merges stored in the GGUF file
-    return tokenizers_lib.from_gguf(tok.path or config.model.path)
+    return tokenizers_lib.from_gguf(path)
   if tok.kind == "hf":
-    return tokenizers_lib.load_tokenizer(
-      tok.path or os.path.join(config.model.path, "tokenizer.json")
-    )
+    path = tok.path or os.path.join(config.model.path, "tokenizer.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.{key}: no tokenizer file {path!r}")
+    return tokenizers_lib.load_tokenizer(path)
   # Everything the trainer may put in a prompt: also SMEPO's guidance (its placeholders as whole
   # pieces, its template's words), so runs with and without SMEPO share one tokenizer.
   from postrain.tasks import smepo
@@ -221,3 +227,83 @@ def _quiet_tfds() -> None:
 
   tfds.disable_progress_bar()
   absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def where(problem: tasks.Problem, split: str) -> str:
+  """Where a problem comes from, for error messages: `file:line` of a JSONL problem, else its
+  id and split."""
+  meta = problem.metadata or {}
+  if "source" in meta and "line" in meta:
+    return f"{meta['source']}:{meta['line']}"
+  return f"problem {problem.id} ({split} split of task {problem.task!r})"
+
+
+def check_task_data(config: mlc.ConfigDict, data: TaskData) -> dict[str, int]:
+  """Checks the prepared data against the lengths and counts of `config`, before any compile.
+
+  - SFT (`sft.steps > 0`): examples longer than `sft.max_len` are cut from the right, i.e. the
+    answer line goes first. They are counted (logged and returned); one whose answer text itself
+    would be cut (more than its stop token) is an error naming `sft.max_len`, the longest example
+    and its file:line, unless `sft.allow_truncation` is set.
+  - Prompts: every RL (train split) and held-out prompt must leave room for its new tokens in the
+    sampler's cache: prompt + `rl.max_new_tokens` (train) or + `eval.max_new_tokens` (held-out)
+    <= `rl.cache_size`; else an error naming the longest offender's file:line and the key to raise.
+  - `eval.num_problems` <= the held-out problems there are.
+
+  Returns {"sft_examples_truncated": n, "eval_num_problems": n}.
+  """
+  log = logging.getLogger(__name__)
+  stats = {"sft_examples_truncated": 0}
+  if config.sft.steps > 0:
+    worst = (0, None)
+    for problem in data.train:
+      example = tasks.sft_example(
+        problem,
+        chat_template=data.chat_template,
+        instruction=data.instruction,
+        worked=not is_terse(problem, config.sft.terse_fraction),
+      )
+      if example is None:
+        continue
+      length = len(data.encode_prompt(example[0])) + len(data.tokenizer.encode(example[1]))
+      if length + 1 > config.sft.max_len:  # + the stop token
+        stats["sft_examples_truncated"] += 1
+      worst = max(worst, (length, problem), key=lambda x: x[0])
+    n = stats["sft_examples_truncated"]
+    if n:
+      log.warning(
+        "%d of %d SFT examples are longer than sft.max_len=%d and are cut",
+        n,
+        len(data.train),
+        config.sft.max_len,
+      )
+    length, problem = worst
+    if length > config.sft.max_len and not config.sft.allow_truncation:
+      raise ValueError(
+        f"config.sft.max_len={config.sft.max_len} cuts the answer of {n} of {len(data.train)} SFT "
+        f"examples; the longest, {where(problem, 'train')}, needs {length + 1} tokens. Raise "
+        "sft.max_len, or set sft.allow_truncation=True to train on the cut examples."
+      )
+  rl_prompts = config.mode in ("rl", "opd", "mopd") and config.rl.steps > 0
+  splits = [("test", data.test[: config.eval.num_problems], "eval.max_new_tokens")]
+  if rl_prompts:
+    splits.insert(0, ("train", data.train, "rl.max_new_tokens"))
+  for split, problems, key in splits:
+    new_tokens = config.eval.max_new_tokens if key.startswith("eval") else config.rl.max_new_tokens
+    if not problems:
+      continue
+    length, i = max((len(ids), i) for i, ids in enumerate(data.encode_prompts(problems)))
+    if length + new_tokens > config.rl.cache_size:
+      raise ValueError(
+        f"config.rl.cache_size={config.rl.cache_size} is too small for the {split} prompts: "
+        f"the longest, {where(problems[i], split)}, has {length} tokens, and {key}={new_tokens} "
+        f"more must fit. Raise rl.cache_size to at least {length + new_tokens} (or shorten the "
+        "prompts)."
+      )
+  if config.eval.num_problems > len(data.test):
+    raise ValueError(
+      f"config.eval.num_problems={config.eval.num_problems} exceeds the {len(data.test)} held-out "
+      f"problems of task {config.task.name!r}; lower it or raise task.num_eval."
+    )
+  stats["eval_num_problems"] = min(config.eval.num_problems, len(data.test))
+  return stats

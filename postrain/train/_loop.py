@@ -84,6 +84,8 @@ class Trainer:
       self.data = _data.load_task_data(
         config, workdir, tokenizer=tokenizer, chat_template=chat_template
       )
+    # Lengths and counts against the config (file:line of the worst offender), before compiling.
+    self.data_stats = _data.check_task_data(config, self.data)
     vocab = self.data.tokenizer.vocab_size
     if model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
       # Created in its shards: no device ever holds the whole model.
@@ -306,6 +308,7 @@ class Trainer:
     resume = self.step if self.step else None
     writer = _metrics.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
     report = self._load_report()
+    report.update(self.data_stats)  # eval_num_problems, sft_examples_truncated
     bar = tqdm(
       total=self.total_steps,
       initial=self.step,
@@ -334,6 +337,8 @@ class Trainer:
           self.step += 1
           if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             writer.write(self.step, metrics)
+          if cfg.check_finite:  # before the save: a non-finite state is never checkpointed
+            _metrics.check_finite(metrics, step=self.step, kind="train")
           bar.update(1)
           bar.set_postfix(
             {
@@ -345,10 +350,14 @@ class Trainer:
           self._save()
           if stop.stop_requested:
             self._save(force=True)
+            self.checkpointer.wait()
+            self._require_checkpoint()
             self.checkpointer.close()
             _LOG.warning(
-              "stopped at step %d after a termination signal; rerun to resume", self.step
+              "preempted at step %d by signal %d; rerun to resume", self.step, stop.signum
             )
+            report["preempted"] = {"step": self.step, "signal": stop.signum}
+            self._write_report(report)
             return report
       if "final" not in report or report["final"].get("step") != self.step:
         report["final"] = self._eval_and_log(writer, report)
@@ -357,14 +366,24 @@ class Trainer:
       bar.close()
       writer.close()
       self.checkpointer.wait()
+    self._require_checkpoint()  # the report never claims a step whose checkpoint is not on disk
     self._write_report(report)
     return report
+
+  def _require_checkpoint(self) -> None:
+    if self.step not in self.checkpointer.steps():
+      raise RuntimeError(
+        f"the checkpoint of step {self.step} is not in {self.checkpointer.directory} after "
+        "saving; report.json is left as it was"
+      )
 
   def _eval_and_log(
     self, writer: _metrics.MetricsWriter, report: dict[str, Any]
   ) -> dict[str, float]:
     metrics = self.evaluate()
     writer.write(self.step, metrics, kind="eval")
+    if self.config.check_finite:
+      _metrics.check_finite(metrics, step=self.step, kind="eval")
     result = dict(metrics, step=self.step)
     report.setdefault("evals", [])
     report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
@@ -381,10 +400,13 @@ class Trainer:
     if self.step and os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         report = json.load(f)
-      report["evals"] = [e for e in report.get("evals", []) if e["step"] <= self.step]
-      for name in ("initial", "after_sft", "final"):  # results past the restored step are stale
-        if name in report and report[name]["step"] > self.step:
+      # The evaluation at the restored step runs again after the restore (as its metrics.jsonl
+      # record is dropped): results from that step on are stale.
+      report["evals"] = [e for e in report.get("evals", []) if e["step"] < self.step]
+      for name in ("initial", "after_sft", "final"):
+        if name in report and report[name]["step"] >= self.step:
           del report[name]
+      report.pop("preempted", None)
       return report
     return {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -10,12 +11,17 @@ from typing import Any
 
 import numpy as np
 
+_LOG = logging.getLogger(__name__)
+
 
 class MetricsWriter:
   """Writes scalars to `workdir/tensorboard` and one JSON object per record to `workdir/metrics.jsonl`.
 
-  On resume (`resume_step` given), JSONL records past the restored step are dropped so the log
-  matches the checkpoint the run continues from.
+  On resume (`resume_step` given) the log is cut back to what the checkpoint of that step had
+  seen: train records up to the step and evaluations *before* it (the evaluation at the resumed
+  step runs again after the restore), so each (step, kind) record appears exactly once. A torn
+  last line (a kill or a full disk mid-write) is dropped with a warning naming the file; an
+  unreadable line before the last is an error naming the file and line.
   """
 
   def __init__(self, workdir: str, *, resume_step: int | None = None):
@@ -44,18 +50,65 @@ class MetricsWriter:
     self._jsonl.close()
 
 
+def check_finite(metrics: Mapping[str, Any], *, step: int, kind: str) -> None:
+  """Raises FloatingPointError naming the first non-finite metric (in `metrics` order) and the
+  step: the trainer's `check_finite` option (one host-side check of the already logged values)."""
+  for name, value in metrics.items():
+    value = float(np.asarray(value))
+    if not math.isfinite(value):
+      raise FloatingPointError(
+        f"check_finite: {kind} metric {name!r} is {value} at step {step} (the first non-finite "
+        "value; the state of this step is not checkpointed)"
+      )
+
+
 def _truncate_jsonl(path: str, last_step: int) -> None:
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  with open(path, "w", encoding="utf-8") as f:
+  records = _read_records(path, tolerate_torn_tail=True)
+  kept = [
+    line
+    for line, r in records
+    if r.get("step", 0) < last_step or (r.get("step") == last_step and r.get("kind") != "eval")
+  ]
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _read_records(path: str, *, tolerate_torn_tail: bool) -> list[tuple[str, dict[str, Any]]]:
+  """(line, record) pairs of a JSONL file; a torn last line is dropped with a warning when
+  `tolerate_torn_tail`, any other bad line raises ValueError naming the file and line."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  out = []
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  for i, raw in enumerate(lines):
+    if not raw.strip():
+      continue
+    try:
+      record = json.loads(raw.decode("utf-8"))
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+      if tolerate_torn_tail and i == last:
+        _LOG.warning(
+          "%s:%d: dropping a torn last line (%s): %r",
+          path,
+          i + 1,
+          err,
+          raw[:80].decode("utf-8", "replace"),
+        )
+        continue
+      raise ValueError(f"{path}:{i + 1}: unreadable metrics line ({err})") from None
+    out.append((raw.decode("utf-8") + "\n", record))
+  return out
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a metrics.jsonl (a torn last line is dropped with a warning)."""
+  return [r for _, r in _read_records(path, tolerate_torn_tail=True)]
 
 
 def plot_curves(jsonl_path: str, png_path: str, *, title: str = "") -> None:

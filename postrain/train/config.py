@@ -151,6 +151,9 @@ def base_config() -> mlc.ConfigDict:
   c.distributed = mlc.ConfigDict(
     dict(coordinator_address="", num_processes=0, process_id=-1, local_device_ids="", auto=False)
   )
+  # Reliability switches (issue 15; README "Reliability").
+  c.check_finite = False  # stop at the first non-finite train/eval metric, naming it and the step
+  c.sft.allow_truncation = False  # True: train on SFT examples cut at sft.max_len (answer lost)
   return c
 
 
@@ -237,6 +240,13 @@ def validate(c: mlc.ConfigDict) -> None:
     c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
   )
   need(c.eval.k >= 1, "eval.k", "must be >= 1")
+  need(c.eval.num_problems >= 1, "eval.num_problems", f"must be >= 1, got {c.eval.num_problems}")
+  need(
+    c.eval.num_problems <= c.task.num_eval,
+    "eval.num_problems",
+    f"must be <= task.num_eval={c.task.num_eval} (the held-out problems), "
+    f"got {c.eval.num_problems}",
+  )
   from postrain.train._distill import validate_distill
 
   validate_distill(c, need)

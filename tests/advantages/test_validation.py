@@ -17,6 +17,8 @@ CASES = [
   (lambda: adv.group_normalized(jnp.zeros((2, 4)), group_size=4), ValueError, "rewards"),
   (lambda: adv.group_normalized(R8, group_size=3), ValueError, "group_size"),
   (lambda: adv.group_normalized(R8, group_size=0), ValueError, "group_size"),
+  # A group of one: every advantage would be 0 (issue 15 item 11).
+  (lambda: adv.group_normalized(R8, group_size=1), ValueError, "group_size"),
   (lambda: adv.group_normalized(R8, group_size=2.0), TypeError, "group_size"),
   (lambda: adv.group_normalized(R8, group_size=4, scale="std"), ValueError, "scale"),
   (lambda: adv.group_normalized(R8, group_size=4, eps=-1.0), ValueError, "eps"),

@@ -42,6 +42,9 @@ PPO_CASES = [
   ({"agg": "seq_mean_token_sum_norm", "max_len": jnp.float32(3)}, TypeError, "max_len"),
   ({"dual_clip": 1.0}, ValueError, "dual_clip"),
   ({"eps_low": -0.1}, ValueError, "eps_low"),
+  # 1 - eps_low <= 0 would silently drop the lower clip (issue 15 item 11).
+  ({"eps_low": 1.0}, ValueError, "eps_low"),
+  ({"eps_low": 1.5}, ValueError, "eps_low"),
   ({"eps_high": jnp.float32(0.2)}, TypeError, "eps_high"),
 ]
 
@@ -79,6 +82,11 @@ def test_variants_bad_input(name):
     fn(LP, LP, ADV, M, agg="sum")
   with pytest.raises(ValueError, match="`max_len`"):
     fn(LP, LP, ADV, M, agg="seq_mean_token_sum_norm")
+
+
+def test_cispo_eps_low_of_one_or_more_is_refused():
+  with pytest.raises(ValueError, match="`eps_low`"):
+    losses.cispo(LP, LP, ADV, M, eps_high=0.2, eps_low=1.0)
 
 
 def test_sapo_gmpo_hyperparameters():

@@ -390,3 +390,15 @@ def test_update_swaps_parameters_without_recompiling(model, greedy):
   assert not np.array_equal(out.tokens, greedy.tokens)
   with pytest.raises(ValueError, match="model_or_state"):
     sampler.update(models.Decoder(CFG.replace(num_layers=1), rngs=nnx.Rngs(0)))
+
+
+def test_prompt_past_max_position_embeddings_is_refused_naming_both_numbers():
+  """Issue 15 item 12: RoPE runs past max_position_embeddings without an error, so the sampler
+  checks on the host, before compiling."""
+  cfg = models.get_config("tiny", max_position_embeddings=16)
+  sampler = sampling.Sampler(models.Decoder(cfg, rngs=nnx.Rngs(0)))
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match=r"20 tokens.*max_position_embeddings=16"):
+    sampler([list(range(1, 21))], key=key, max_new_tokens=2)
+  with pytest.raises(ValueError, match=r"\(12 tokens\) plus max_new_tokens=8.*=16"):
+    sampler([list(range(1, 13))], key=key, max_new_tokens=8)
