@@ -3,7 +3,7 @@
   python benchmarks/sharding_memory.py [--fsdp 1,2,4,8] [--batch 8] [--length 64]
 
 Runs on 8 fake CPU devices (the mesh is data = 8 / fsdp, fsdp, tensor = 1) and allocates nothing
-real: the update (`_steps.rl_loss` GSPO + the trainer's AdamW, via `sharding.shard_update`) is
+real: the update (`train.rl_loss` GSPO + the trainer's AdamW, via `sharding.shard_update`) is
 lowered for `jax.ShapeDtypeStruct` inputs that carry their shardings and compiled, and XLA's
 `memory_analysis()` of the per-device program gives the bytes of its arguments (parameters +
 optimiser state + batch), outputs, aliased (donated) buffers and temporaries. "params+opt/dev"
@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from postrain import models, sharding
-from postrain.train import _steps
+from postrain import models, sharding, train
 
 MiB = 2**20
 
@@ -47,7 +46,7 @@ def measure(fsdp: int, batch: int, length: int) -> dict[str, float]:
   rules = sharding.default_rules()
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
-  tx = _steps.make_optimizer(
+  tx = train.make_optimizer(
     lr=1e-5,
     steps=100,
     warmup_steps=10,
@@ -61,7 +60,7 @@ def measure(fsdp: int, batch: int, length: int) -> dict[str, float]:
   p_sh = sharding.param_shardings(abs_params, mesh, rules)
   o_sh = sharding.opt_state_shardings(tx, abs_opt, abs_params, p_sh, mesh)
   bsh = sharding.batch_sharding(mesh)
-  spec = _steps.RLSpec(
+  spec = train.RLSpec(
     algorithm="gspo",
     group_size=4,
     eps_low=3e-4,
@@ -76,7 +75,7 @@ def measure(fsdp: int, batch: int, length: int) -> dict[str, float]:
     logprob_impl="naive",
   )
   update = sharding.shard_update(
-    _steps.make_update(functools.partial(_steps.rl_loss, spec=spec), tx, graphdef, rest),
+    train.make_update(functools.partial(train.rl_loss, spec=spec), tx, graphdef, rest),
     p_sh,
     o_sh,
     bsh,

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from postrain import advantages, models
+from postrain import advantages, models, train
 from postrain.sampling import Sampler
-from postrain.train import _steps
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
   cfg = models.get_config("tiny-qwen3")
   model = models.Decoder(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = _steps.make_optimizer(
+  tx = train.make_optimizer(
     lr=1e-5,
     steps=1000,
     warmup_steps=0,
@@ -50,7 +49,7 @@ def main() -> None:
     grad_clip=1.0,
   )
   opt_state = tx.init(params)
-  spec = _steps.RLSpec(
+  spec = train.RLSpec(
     algorithm="gspo",
     group_size=args.group,
     eps_low=3e-4,
@@ -64,7 +63,7 @@ def main() -> None:
     conspo_tau=10.0,
     logprob_impl=args.logprob_impl,
   )
-  update = _steps.make_update(functools.partial(_steps.rl_loss, spec=spec), tx, graphdef, rest)
+  update = train.make_update(functools.partial(train.rl_loss, spec=spec), tx, graphdef, rest)
   sampler = Sampler(model, cache_size=args.prompt_len + args.new)
   rng = np.random.default_rng(0)
   prompts = rng.integers(3, cfg.vocab_size, (args.prompts, args.prompt_len)).tolist()

@@ -17,9 +17,8 @@ import json
 import pathlib
 import shutil
 
-from postrain.train import _checkpoint
+from postrain.train import Checkpointer, Trainer, abstract_like
 from postrain.train import config as config_lib
-from postrain.train._loop import Trainer
 
 DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
@@ -58,10 +57,8 @@ def main() -> None:
     (model,) = (pathlib.Path(args.workdir) / "tokenizer").glob("*.model")
     config.tokenizer.path = str(model)
   trainer = Trainer(config, args.workdir)
-  sft_ckpt = _checkpoint.Checkpointer(
-    str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000
-  )
-  abstract = _checkpoint.abstract_like(
+  sft_ckpt = Checkpointer(str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000)
+  abstract = abstract_like(
     {"params": trainer.params, "opt_state": trainer.sft_tx.init(trainer.params)}
   )
   step, state, _ = sft_ckpt.restore_latest(abstract)

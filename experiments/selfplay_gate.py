@@ -14,8 +14,8 @@ import json
 import os
 
 from postrain import selfplay
-from postrain.train import _metrics
 from postrain.train import config as base
+from postrain.train import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = (
@@ -32,7 +32,7 @@ KEYS = (
 
 
 def summary(workdir: str, window: int = 10) -> dict:
-  recs = _metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  recs = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train = [r for r in recs if r["kind"] == "train"]
   evals = [r for r in recs if r["kind"] == "eval"]
   out = {"val_accuracy": [(r["step"], round(r["val/accuracy"], 3)) for r in evals]}

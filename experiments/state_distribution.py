@@ -78,34 +78,32 @@ def main(argv: list[str]) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
   from flax import nnx
 
-  from postrain.models import tokenizers
-  from postrain.train import Trainer, _rollout, _teacher
+  from postrain.sampling import Sampler
+  from postrain.train import Trainer, evaluate, load_run
 
   os.makedirs(args.out, exist_ok=True)
   t0 = time.time()
   teacher_cfg, student = _configs()
   if args.teacher:  # an existing run, used as it is (its newest checkpoint)
     teacher_dir = args.teacher
-    teacher = Trainer(_teacher._read_run_config(teacher_dir), teacher_dir)
-    teacher._restore()
   else:
     teacher_dir = os.path.join(args.out, "teacher")
     teacher_cfg.progress_bar = False
-    teacher = Trainer(teacher_cfg, teacher_dir)
-    teacher.run()  # resumes / returns if done
+    Trainer(teacher_cfg, teacher_dir).run()  # resumes / returns if done
+  teacher = load_run(teacher_dir, what="--teacher")
+  teacher_data = teacher.task_data()
   # The teacher on the arms' held-out problems (the same evaluation as theirs).
-  teacher.sampler.update(nnx.merge(teacher.graphdef, teacher.params, teacher.rest))
-  teacher_eval = _rollout.evaluate(
-    teacher.sampler,
-    teacher.data,
-    teacher.data.test[: args.eval_problems],
+  teacher_eval = evaluate(
+    Sampler(teacher.model, cache_size=teacher.config.rl.cache_size),
+    teacher_data,
+    teacher_data.test[: args.eval_problems],
     key=jax.random.key(1),
     k=1,
     max_new_tokens=student.eval.max_new_tokens,
     timeout_s=student.task.verifier_timeout_s,
   )
   teacher_eval["step"] = teacher.step
-  tok = tokenizers.SentencePieceTokenizer(_teacher.run_tokenizer_path(teacher_dir))
+  tok = teacher.tokenizer
   print(f"teacher: {teacher_eval}  ({time.time() - t0:.0f}s)", flush=True)
 
   start_cfg = student.copy_and_resolve_references()

@@ -3,6 +3,7 @@
 from postrain import models
 cfg = models.get_config("tiny")
 model = models.Decoder(cfg, rngs=nnx.Rngs(0))
+logits = models.forward(model, tokens, valid=valid)       # f32[B, T, V], one call
 hidden, cache = model(tokens, positions, valid=valid, cache=None)
 logp = models.logprobs(model, tokens, mask)
 """
@@ -11,6 +12,7 @@ from postrain.models import tokenizers
 from postrain.models._cache import KVCache, init_cache
 from postrain.models._config import ModelConfig, RopeScaling, config_names, get_config
 from postrain.models._decoder import Decoder
+from postrain.models._forward import forward
 from postrain.models._gguf import from_gguf, smollm2_gguf_path
 from postrain.models._head import blocked_head, blocked_logits
 from postrain.models._hf import config_from_hf, config_to_hf, from_hf_dir, save_hf_dir
@@ -26,6 +28,7 @@ __all__ = [
   "config_from_hf",
   "config_names",
   "config_to_hf",
+  "forward",
   "from_gguf",
   "from_hf_dir",
   "get_config",

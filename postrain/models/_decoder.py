@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from postrain._constrain import constrain
 from postrain._validation import check_rank, check_shape
 from postrain.models._cache import KVCache
 from postrain.models._config import ModelConfig
 from postrain.models._head import DEFAULT_HEAD_BLOCK, blocked_head, blocked_logits
 from postrain.models._layers import Block, RMSNorm, _init
-from postrain.sharding._jit import constrain
 
 # Logical axes of the residual stream (`postrain.sharding.constrain`; identity outside
 # `sharding.activation_sharding`): rows over the batch mesh axes, width as `embed_act` says.

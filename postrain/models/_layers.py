@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from postrain._constrain import constrain
 from postrain.models._config import ModelConfig
-from postrain.sharding._jit import constrain
 
 # Finite "minus infinity": a fully masked row stays finite (exp(NEG - NEG) = 1, masked out after).
 _NEG = -1e30

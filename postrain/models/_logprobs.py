@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from postrain._constrain import constrain
 from postrain._validation import check_choice, check_rank, check_shape
 from postrain.models._decoder import Decoder
-from postrain.sharding._jit import constrain
 
 IMPLS = ("naive", "chunked", "pallas")
 

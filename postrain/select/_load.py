@@ -5,15 +5,13 @@ weights with their own tokenizer."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import ml_collections as mlc
 from flax import nnx
 
-from postrain import tasks
-from postrain.train import _data
+from postrain import tasks, train
 
 
 @dataclasses.dataclass
@@ -30,7 +28,7 @@ class Scorer:
   graphdef: Any
   params: Any
   rest: Any
-  data: _data.TaskData
+  data: train.TaskData
   step: int = 0
 
   @property
@@ -40,36 +38,16 @@ class Scorer:
 
 def load_run_config(workdir: str) -> mlc.ConfigDict:
   """The config a postrain run recorded in `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"config.checkpoint: no such directory {workdir!r}")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"config.checkpoint: {workdir!r} is not a postrain workdir (no config.json)"
-    )
-  with open(path, encoding="utf-8") as f:
-    return mlc.ConfigDict(json.load(f))
+  return train.runs.read_config(workdir, what="config.checkpoint")
 
 
 def load_checkpoint(workdir: str) -> Scorer:
-  """The model of a postrain run at its newest readable checkpoint.
-
-  Rebuilds the run's Trainer from its recorded config (same tokenizer, same tfds data in the
-  workdir, same model structure) and restores the parameters. Raises FileNotFoundError when
-  the workdir has no config.json or no checkpoint.
-  """
-  from postrain.train._loop import Trainer  # lazy: heavy
-
-  config = load_run_config(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
-    raise FileNotFoundError(f"config.checkpoint: no checkpoint in {ckpt_dir!r}")
-  trainer = Trainer(config, workdir)
-  trainer._restore()
-  if trainer.step == 0:
-    raise FileNotFoundError(f"config.checkpoint: no readable checkpoint in {ckpt_dir!r}")
-  trainer.checkpointer.close()
-  return Scorer(trainer.graphdef, trainer.params, trainer.rest, trainer.data, trainer.step)
+  """The model of a postrain run at its newest checkpoint (`postrain.train.load_run`: the run's
+  tokenizer, task data in the workdir and model structure). Raises FileNotFoundError when the
+  workdir has no config.json or no checkpoint."""
+  run = train.load_run(workdir, what="config.checkpoint")
+  graphdef, params, rest = nnx.split(run.model, nnx.Param, ...)
+  return Scorer(graphdef, params, rest, run.task_data(), run.step)
 
 
 def load_imported(source: str, path: str, *, tokenizer_path: str = "", dtype: str = "float32"):
@@ -86,7 +64,7 @@ def load_imported(source: str, path: str, *, tokenizer_path: str = "", dtype: st
     _, model = models.from_hf_dir(path, dtype=dtype)
     tok = tokenizers.load_tokenizer(tokenizer_path or os.path.join(path, "tokenizer.json"))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  data = _data.TaskData(
+  data = train.TaskData(
     task=tasks.get_task("jsonl", train=None), train=[], test=[], tokenizer=tok, chat_template=None
   )
   return Scorer(graphdef, params, rest, data, 0)

@@ -28,9 +28,9 @@ import numpy as np
 from flax import nnx
 
 from postrain import selection, tasks
+from postrain import train as train_lib
 from postrain.select import _load
 from postrain.tasks import _solutions
-from postrain.train import _data
 
 SCORERS = ("hes", "grace")
 ROUNDINGS = ("round", "ceil", "floor")
@@ -113,7 +113,7 @@ def pool_problems(c: mlc.ConfigDict, scorer: _load.Scorer) -> list[tasks.Problem
   return problems
 
 
-def _target(data: _data.TaskData, problem: tasks.Problem) -> tuple[str, str] | None:
+def _target(data: train_lib.TaskData, problem: tasks.Problem) -> tuple[str, str] | None:
   return tasks.sft_example(problem, chat_template=data.chat_template, instruction=data.instruction)
 
 
@@ -157,14 +157,14 @@ def _grace_fn(graphdef, num_steps: int, alpha: float, normalize_history: bool):
   return fn
 
 
-def hes_batch(data: _data.TaskData, problems: list[tasks.Problem], max_len: int):
-  """The teacher-forced batch HES scores: `_data.sft_batch` rows (prompt + solution + eos, mask
+def hes_batch(data: train_lib.TaskData, problems: list[tasks.Problem], max_len: int):
+  """The teacher-forced batch HES scores: `train_lib.sft_batch` rows (prompt + solution + eos, mask
   on solution and eos), i.e. exactly what SFT trains on."""
-  return _data.sft_batch(data, problems, max_len)
+  return train_lib.sft_batch(data, problems, max_len)
 
 
 def grace_row(
-  data: _data.TaskData,
+  data: train_lib.TaskData,
   problem: tasks.Problem,
   *,
   length: int,
@@ -325,12 +325,12 @@ def plot_histogram(
   fig.savefig(png_path)
 
 
-def _traces(data: _data.TaskData, problems: list[tasks.Problem]) -> tuple[list[str], list[str]]:
+def _traces(data: train_lib.TaskData, problems: list[tasks.Problem]) -> tuple[list[str], list[str]]:
   pairs = [_target(data, p) for p in problems]
   return [q.question for q in problems], [t[1].strip() if t else "" for t in pairs]
 
 
-def intrinsic_metrics(data: _data.TaskData, problems: list[tasks.Problem]) -> dict[str, float]:
+def intrinsic_metrics(data: train_lib.TaskData, problems: list[tasks.Problem]) -> dict[str, float]:
   """arXiv 2605.13290 §3.2 metrics of the demonstrations (lexical embedder stand-in)."""
   queries, traces = _traces(data, problems)
   return selection.dataset_metrics(

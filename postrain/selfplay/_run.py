@@ -16,7 +16,7 @@ One model plays both roles. Each step:
    accuracy on the proposed task against the executor output (`proposer_label="grounded"`) or
    the solver majority vote (`"intrinsic_vote"`); proposals that are malformed, rejected or
    duplicates get 0.
-5. Two policy updates with the trainer's jitted RL step (`postrain.train._steps`): the solver
+5. Two policy updates with the trainer's jitted RL step (`postrain.train.make_update` / `rl_loss`): the solver
    groups, then the proposer groups (group-normalised advantages within each group of G).
 
 Metrics (JSONL + TensorBoard, as the trainer's): admission stats, pool size and collapse
@@ -41,12 +41,12 @@ import numpy as np
 from flax import nnx
 
 from postrain import models, tasks
+from postrain import train as train_lib
 from postrain.models import tokenizers as tokenizers_lib
 from postrain.sampling import Sampler
 from postrain.selfplay import _dsl_tasks, _python_tasks
 from postrain.tasks import selfplay
-from postrain.train import _checkpoint, _metrics, _rollout, _steps
-from postrain.train._data import TaskData
+from postrain.train import TaskData
 
 GATE_MODES = ("strict", "off")
 SOLVER_REWARDS = ("grounded", "intrinsic")
@@ -170,7 +170,7 @@ class SelfPlay:
   def __init__(self, config: mlc.ConfigDict, workdir: str):
     validate(config)
     self.c, self.workdir = config, workdir
-    _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
+    train_lib.check_workdir_config(workdir, config.to_json(sort_keys=True))
     self.fam = fam = task_family(config)
     tok = _tokenizer(config, fam, workdir)
     self.data = TaskData(
@@ -181,18 +181,18 @@ class SelfPlay:
     self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
     self.sampler = Sampler(model, cache_size=config.cache_size)
     opt = dict(warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.01, b1=0.9, b2=0.98, grad_clip=1.0)
-    self.sft_tx = _steps.make_optimizer(lr=config.sft.lr, steps=max(config.sft.steps, 1), **opt)
-    self.rl_tx = _steps.make_optimizer(lr=config.lr, steps=max(2 * config.steps, 1), **opt)
-    self.sft_update = _steps.make_update(
-      functools.partial(_steps.sft_loss, impl="chunked"), self.sft_tx, self.graphdef, self.rest
+    self.sft_tx = train_lib.make_optimizer(lr=config.sft.lr, steps=max(config.sft.steps, 1), **opt)
+    self.rl_tx = train_lib.make_optimizer(lr=config.lr, steps=max(2 * config.steps, 1), **opt)
+    self.sft_update = train_lib.make_update(
+      functools.partial(train_lib.sft_loss, impl="chunked"), self.sft_tx, self.graphdef, self.rest
     )
-    spec = _steps.RLSpec(
+    spec = train_lib.RLSpec(
       algorithm="grpo", group_size=config.group_size, eps_low=0.2, eps_high=0.28, dual_clip=None,
       agg="token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
       conspo_tau=10.0, logprob_impl="chunked",
     )  # fmt: skip
-    self.rl_update = _steps.make_update(
-      functools.partial(_steps.rl_loss, spec=spec), self.rl_tx, self.graphdef, self.rest
+    self.rl_update = train_lib.make_update(
+      functools.partial(train_lib.rl_loss, spec=spec), self.rl_tx, self.graphdef, self.rest
     )
     self.rl_cfg = mlc.ConfigDict(
       dict(group_size=config.group_size, adv_scale="group", dynamic_sampling=False,
@@ -210,14 +210,14 @@ class SelfPlay:
   def _sample(self, prompts: list[str], *, n: int, temperature: float, key: jax.Array):
     self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
     ids = [self.data.encode_prompt(p) for p in prompts]
-    out, texts, _ = _rollout.generate(
+    out, texts, _ = train_lib.sample_rollouts(
       self.sampler, self.data, ids, key=key, n=n, max_new_tokens=self.c.max_new_tokens,
       temperature=temperature,
     )  # fmt: skip
     return out, texts
 
   def _update(self, out, rewards: np.ndarray) -> dict[str, float]:
-    batch, metrics = _rollout.rl_batch(out, rewards, rl=self.rl_cfg, progress=0.0)
+    batch, metrics = train_lib.rl_batch(out, rewards, rl=self.rl_cfg, progress=0.0)
     self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, batch, 0.0)
     aux = jax.device_get(aux)
     return {**metrics, "loss": float(aux["loss"]), "entropy": float(aux["entropy"])}
@@ -330,7 +330,7 @@ class SelfPlay:
     from tqdm.auto import tqdm
 
     c = self.c
-    writer = _metrics.MetricsWriter(self.workdir)
+    writer = train_lib.MetricsWriter(self.workdir)
     report: dict[str, Any] = {"sft_loss": self.warm_start()}
     report["evals"] = [dict(self.validate_solver(0), step=0)]
     writer.write(0, report["evals"][-1], kind="eval")
@@ -346,7 +346,7 @@ class SelfPlay:
       bar.set_postfix({k: f"{metrics[k]:.2f}" for k in ("pool/size", "solver/gap") if k in metrics})
     bar.close()
     writer.close()
-    ckpt = _checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"), every=1, keep=1)
+    ckpt = train_lib.Checkpointer(os.path.join(self.workdir, "checkpoints"), every=1, keep=1)
     ckpt.maybe_save(c.steps, {"params": self.params}, {"step": c.steps}, force=True)
     ckpt.close()
     report["final_pool"] = selfplay.selfplay_metrics(self.pool)
@@ -360,7 +360,7 @@ def plot(jsonl_path: str, png_path: str) -> None:
   """Collapse indicators over steps: held-out accuracy, gap, vote share, output diversity."""
   from matplotlib.figure import Figure
 
-  recs = _metrics.read_jsonl(jsonl_path)
+  recs = train_lib.read_jsonl(jsonl_path)
   train = [r for r in recs if r["kind"] == "train"]
   evals = [r for r in recs if r["kind"] == "eval"]
   fig = Figure(figsize=(7, 4), dpi=110)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from postrain._constrain import ACTIVATIONS, constrain  # noqa: F401  (re-exported)
 from postrain.sharding._mesh import replicated
 from postrain.sharding._rules import LogicalRule, _logical_table, _mesh_axes
 
@@ -177,9 +176,7 @@ def shard_batch_fn(
 
 # -- activation constraints -------------------------------------------------------------------------
 
-_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, dict[str, tuple[str, ...]]] | None] = (
-  contextvars.ContextVar("activation_sharding", default=None)
-)
+_ACTIVATIONS = ACTIVATIONS  # defined beside `constrain` in the leaf module postrain._constrain
 
 
 @contextlib.contextmanager
@@ -190,25 +187,3 @@ def activation_sharding(mesh: Mesh, logical_rules: Sequence[LogicalRule] | None 
     yield
   finally:
     _ACTIVATIONS.reset(token)
-
-
-def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-  """`with_sharding_constraint(x, logical axes)` inside `activation_sharding`, else the identity.
-
-  The model hook: e.g. `x_BTD = constrain(x_BTD, ("batch", "length", "embed_act"))`. A dimension
-  whose size the mesh axes do not divide, or an unknown logical name, is left unconstrained.
-  """
-  ctx = _ACTIVATIONS.get()
-  if ctx is None:
-    return x
-  mesh, table = ctx
-  spec, used = [], set()
-  for axis, size in zip(logical, x.shape):
-    axes = tuple(a for a in table.get(axis, ()) if a not in used) if axis else ()
-    ways = math.prod(mesh.shape[a] for a in axes)
-    if not axes or size % ways:
-      spec.append(None)
-      continue
-    used |= set(axes)
-    spec.append(axes[0] if len(axes) == 1 else axes)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))

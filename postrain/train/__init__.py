@@ -1,9 +1,63 @@
 """The training stack: configs, the SFT / RL loop, checkpoints and metrics.
 
 python -m postrain.train --config configs/default.py --workdir runs/default
+
+The public surface (code outside postrain/train/ imports these, never a `postrain.train._x`):
+  * runs: `train`, `Trainer`, `build_model`; `load_run(workdir)` -> `Run` (config, tokenizer,
+    model at the newest checkpoint); `base_config`, `validate`;
+  * algorithms: `algorithms.REGISTRY` (the RL losses by name), `algorithms.ADVANTAGES`;
+  * step builders: `make_optimizer`, `make_update`, `rl_loss` with its static `RLSpec`,
+    `sft_loss`, `make_logprob_fn`;
+  * data and rollouts: `TaskData`, `load_task_data`, `sft_batch`, `step_problems`,
+    `sample_rollouts`, `score_rollouts`, `rl_batch`, `evaluate`;
+  * files: `Checkpointer`, `abstract_like`, `check_workdir_config`, `MetricsWriter`, `read_jsonl`.
 """
 
+from postrain.train import algorithms
+from postrain.train._checkpoint import Checkpointer, abstract_like, check_workdir_config
+from postrain.train._data import TaskData, load_task_data, sft_batch, step_problems
 from postrain.train._loop import Trainer, build_model, train
+from postrain.train._metrics import MetricsWriter, read_jsonl
+from postrain.train._rollout import evaluate, rl_batch
+from postrain.train._rollout import generate as sample_rollouts
+from postrain.train._rollout import score as score_rollouts
+from postrain.train._steps import (
+  RLSpec,
+  make_logprob_fn,
+  make_optimizer,
+  make_update,
+  rl_loss,
+  sft_loss,
+)
 from postrain.train.config import base_config, validate
+from postrain.train.runs import Run, load_run
 
-__all__ = ["Trainer", "base_config", "build_model", "train", "validate"]
+__all__ = [
+  "Checkpointer",
+  "MetricsWriter",
+  "RLSpec",
+  "Run",
+  "TaskData",
+  "Trainer",
+  "abstract_like",
+  "algorithms",
+  "base_config",
+  "build_model",
+  "check_workdir_config",
+  "evaluate",
+  "load_run",
+  "load_task_data",
+  "make_logprob_fn",
+  "make_optimizer",
+  "make_update",
+  "read_jsonl",
+  "rl_batch",
+  "rl_loss",
+  "sample_rollouts",
+  "score_rollouts",
+  "sft_batch",
+  "sft_loss",
+  "step_problems",
+  "train",
+  "validate",
+]

@@ -34,11 +34,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 from flax import nnx
 
 from postrain import advantages, losses, models, tasks
-from postrain.train import _data, _teacher
+from postrain.train import _teacher
+
+# The MOPD teacher-prompt and release helpers, used by the step (`_distill_local.py`).
+from postrain.train._teacher import mopd_teacher_prompts, segment_ids, teacher_layout  # noqa: F401
 
 LOSSES = ("reverse_kl", "jsd", "topk", "pg")
 CONTEXTS = ("positive", "contrastive")
@@ -230,106 +232,6 @@ def make_teacher_fn(
 
 
 # ------------------------------------------------------------------------------------ host side
-
-
-_BREAKS = (".", "!", "?")
-
-
-def segment_ids(tokens: np.ndarray, mask: np.ndarray, tokenizer: Any, num_segments: int):
-  """Sentence index i32[B, R] of each response token (-1 off the mask), for the release rule.
-
-  A segment ends after a token whose text contains a newline or ends with . ! ? (the paper uses
-  NLTK sentences; the toy tasks' solutions are one equation per line). Indices are capped at
-  `num_segments - 1`, so a long tail shares the last segment.
-  """
-  cache: dict[int, bool] = {}
-  out = np.full(tokens.shape, -1, np.int32)
-  for b in range(tokens.shape[0]):
-    seg = 0
-    for t in range(tokens.shape[1]):
-      if not mask[b, t]:
-        continue
-      out[b, t] = min(seg, num_segments - 1)
-      tok = int(tokens[b, t])
-      if tok not in cache:
-        text = tokenizer.decode([tok])
-        cache[tok] = "\n" in text or text.rstrip().endswith(_BREAKS)
-      seg += cache[tok]
-  return out
-
-
-def mopd_teacher_prompts(
-  data: _data.TaskData,
-  problems: list[tasks.Problem],
-  texts: list[str],
-  rewards: np.ndarray,
-  *,
-  group_size: int,
-  d: mlc.ConfigDict,
-  seed: int,
-) -> tuple[list[list[int]], np.ndarray, int]:
-  """Token ids of each rollout's teacher prompt (MOPD Step B), whether it has peers, and how many
-  prompts fell back to the plain prompt for exceeding `d.max_teacher_prompt_len`.
-
-  The peer blocks go into the question text, which is then formatted exactly like the student's
-  prompt (plain "Question: ...\\nAnswer:" or the chat template), so a row without peers gets the
-  student's own prompt: MOPD without peers is plain OPD.
-  """
-  questions = [p.question for p in problems]
-  teacher_q = tasks.mopd.build_batch_teacher_prompts(
-    questions,
-    texts,
-    [float(r) for r in rewards],
-    group_size=group_size,
-    mode=d.context,
-    max_peers=d.max_peers,
-    max_failures=d.max_failures,
-    success_threshold=d.success_threshold,
-    order=d.peer_order,
-    seed=seed,
-  )
-  ids, has_peer, truncated = [], np.zeros(len(texts), bool), 0
-  for i, q in enumerate(teacher_q):
-    plain = questions[i // group_size]
-    row = data.encode_prompt(
-      tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
-    )
-    if q != plain and len(row) > d.max_teacher_prompt_len:
-      truncated += 1
-      q = plain
-      row = data.encode_prompt(
-        tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
-      )
-    has_peer[i] = q != plain
-    ids.append(row)
-  return ids, has_peer, truncated
-
-
-def teacher_layout(
-  prompts: list[list[int]],
-  response: np.ndarray,
-  response_valid: np.ndarray,
-  *,
-  pad_id: int,
-  longest: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-  """`left-padded teacher prompt ++ student response` (i32[B, W + R], bool[B, W + R]).
-
-  W is the longest prompt rounded up to a multiple of 32 (fewer recompilations); the response
-  occupies the last R columns, as in the student's sequence. `longest`: the longest prompt of the
-  whole batch when `prompts` are one process's rows (default: the longest of `prompts`).
-  """
-  b, r = response.shape
-  longest = max(len(p) for p in prompts) if longest is None else longest
-  width = -(-longest // 32) * 32
-  tokens = np.full((b, width + r), pad_id, np.int32)
-  valid = np.zeros((b, width + r), bool)
-  for i, p in enumerate(prompts):
-    tokens[i, width - len(p) : width] = p
-    valid[i, width - len(p) : width] = True
-  tokens[:, width:] = response
-  valid[:, width:] = response_valid
-  return tokens, valid
 
 
 class Distiller:

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, sharding
-from postrain.train import _data, _distill, _local, _rollout
+from postrain.train import _data, _local, _rollout, _teacher
 
 
 def shard_teacher_fn(fn: Callable[..., Any], dist: Any, trainer: Any) -> Callable[..., Any]:
@@ -113,7 +113,7 @@ def local_batch(
   metrics: dict[str, float] = {}
   student = mesh.from_local({"tokens": tokens, "valid": valid, "targets": targets}, num_rows)
   if cfg.mode == "mopd":
-    t_prompts, has_peer, truncated = _distill.mopd_teacher_prompts(
+    t_prompts, has_peer, truncated = _teacher.mopd_teacher_prompts(
       tr.data,
       problems,
       texts,
@@ -126,7 +126,7 @@ def local_batch(
     rows.update(has_peer=has_peer, t_len=np.asarray([len(p) for p in t_prompts], np.int32))
     rows = mesh.gather_rows(rows, num_rows)
     (truncated,) = mesh.sum_over_processes([truncated])
-    t_tokens, t_valid = _distill.teacher_layout(
+    t_tokens, t_valid = _teacher.teacher_layout(
       t_prompts,
       targets,
       valid[:, -resp_len:],
@@ -157,7 +157,7 @@ def local_batch(
     n_seg = int(d.release_num_segments)
     local = mesh.item_slice(num_rows)  # this process's rows of the global batch
     margin = mesh.to_host(tout.pop("margin"))[local]
-    seg = _distill.segment_ids(targets, mask, tr.data.tokenizer, n_seg)
+    seg = _teacher.segment_ids(targets, mask, tr.data.tokenizer, n_seg)
     keep, info = advantages.teachability_release(
       jnp.asarray(margin), jnp.asarray(seg), jnp.asarray(mask), num_segments=n_seg
     )

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from postrain import advantages
+from postrain.train import algorithms
 
 _ARRAYS = ("tokens", "valid", "response_mask", "generator_logp", "rewards")
 
@@ -97,6 +98,7 @@ def ftis_batch(
   group_size: int,
   adv_scale: str,
   ftis: Any,
+  estimator: str = "group_normalized",
 ) -> tuple[dict[str, jnp.ndarray], dict[str, float]]:
   """The RL batch of foreign rollouts (already aligned): F-TIS advantages and IS weights.
 
@@ -104,11 +106,12 @@ def ftis_batch(
     rollouts: tokens, valid, response_mask, generator_logp ([B, T]) and rewards [B].
     learner_logp: f32[B, T] the learner's log-probs of the tokens (before the update).
     group_size, adv_scale: the generator's groups and the advantage scaling.
+    estimator: `config.rl.advantage`, a name of `train.algorithms.ADVANTAGES`.
     ftis: `config.rl.ftis` (cap, kl_threshold, level, use_is, use_filter, kl_estimator, kl_reduce).
   """
   mask = jnp.asarray(rollouts["response_mask"], jnp.float32)
   rewards = jnp.asarray(rollouts["rewards"], jnp.float32)
-  adv = advantages.group_normalized(rewards, group_size=group_size, scale=adv_scale)
+  adv = algorithms.ADVANTAGES[estimator](rewards, group_size=group_size, scale=adv_scale)
   res = advantages.ftis_correction(
     learner_logp,
     jnp.asarray(rollouts["generator_logp"], jnp.float32),
@@ -214,6 +217,7 @@ class ForeignRollouts:
       group_size=self.rl.group_size,
       adv_scale=self.rl.adv_scale,
       ftis=self.rl.ftis,
+      estimator=self.rl.get("advantage", "group_normalized"),
     )
     if set(dtypes) != set(fb):
       missing = sorted(set(dtypes) ^ set(fb))

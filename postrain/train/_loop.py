@@ -38,6 +38,7 @@ from postrain.train import (
   _rollout,
   _steps,
   _teacher,
+  algorithms,
 )
 from postrain.train.config import validate
 
@@ -142,6 +143,7 @@ class Trainer:
       entropy_coef=rl.entropy_coef,
       conspo_tau=rl.conspo_tau,
       logprob_impl=impl,
+      loss_kwargs=algorithms.loss_kwargs(rl),
     )
     self.rl_update = mesh.shard_update(
       _steps.make_update(

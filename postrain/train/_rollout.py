@@ -14,6 +14,7 @@ import numpy as np
 
 from postrain import advantages, tasks
 from postrain.sampling import Sampler
+from postrain.train import algorithms
 from postrain.train._data import TaskData
 
 EVAL_BATCH_SIZE = 64  # problems per evaluation sampler call
@@ -101,7 +102,7 @@ def rl_batch(
   """
   rewards_j = jnp.asarray(rewards, jnp.float32)
   mask = out.response_mask.astype(jnp.float32)
-  adv = advantages.group_normalized(rewards_j, group_size=rl.group_size, scale=rl.adv_scale)
+  adv = algorithms.compute_advantages(rl, rewards_j)  # rl.advantage: group_normalized | rloo
   zero_var = advantages.zero_variance_groups(rewards_j, group_size=rl.group_size)
   zero_var_frac = jnp.mean(zero_var.astype(jnp.float32))
   if rows is not None:

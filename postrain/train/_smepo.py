@@ -24,24 +24,26 @@ keep the curriculum prompt).
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections as mlc
 import numpy as np
 
 from postrain import tasks
 from postrain.tasks import smepo
-from postrain.train._data import TaskData
 
+# `data` below is the run's `_data.TaskData` (not imported: `_data` imports PLAIN_TEMPLATE).
 PLAIN_TEMPLATE = "Here is an example solution:\n{trace}\n\n{prompt}"
 
 
-def template_for(data: TaskData, template: str) -> str:
+def template_for(data: Any, template: str) -> str:
   """The guided-prompt template of `rl.smepo.template` ("auto" or a format string)."""
   if template != "auto":
     return template
   return smepo.DEFAULT_TEMPLATE if data.chat_template is not None else PLAIN_TEMPLATE
 
 
-def guided_text(data: TaskData, problem: tasks.Problem, cfg: mlc.ConfigDict) -> tuple[str, str]:
+def guided_text(data: Any, problem: tasks.Problem, cfg: mlc.ConfigDict) -> tuple[str, str]:
   """(guided prompt text, reason): reason is "ok", "no_trace" or "leak" (text is then plain)."""
   prompt = data.prompt(problem)
   trace = tasks.reference_solution(problem)
@@ -57,7 +59,7 @@ def guided_text(data: TaskData, problem: tasks.Problem, cfg: mlc.ConfigDict) -> 
 
 
 def guide_prompts(
-  data: TaskData,
+  data: Any,
   problems: list[tasks.Problem],
   prompts: list[list[int]],
   *,
@@ -87,7 +89,7 @@ def chosen_problems(num_problems: int, fraction: float, *, seed: int, step: int)
 
 
 def guide_share(
-  data: TaskData,
+  data: Any,
   problems: list[tasks.Problem],
   prompts: list[list[int]],
   *,

@@ -15,18 +15,7 @@ import optax
 from flax import nnx
 
 from postrain import losses, models
-
-# algorithm -> ppo_clip level (None: the algorithm has its own loss).
-_LEVELS = {
-  "grpo": "token",
-  "dapo": "token",
-  "dr_grpo": "token",
-  "scrl": "token",
-  "gspo": "sequence",
-  "gspo_token": "sequence_token",
-  "cispo": None,
-  "conspo": None,
-}
+from postrain.train import algorithms
 
 
 def make_optimizer(
@@ -71,6 +60,8 @@ class RLSpec:
   entropy_coef: float
   conspo_tau: float
   logprob_impl: str
+  # The algorithm's own hyperparameters (`algorithms.loss_kwargs`), sorted (key, value) pairs.
+  loss_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 def _forward_logp(graphdef, params, rest, batch, impl):
@@ -81,7 +72,8 @@ def _forward_logp(graphdef, params, rest, batch, impl):
 
 
 def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Array, spec: RLSpec):
-  """The policy loss of `spec.algorithm` on one minibatch, plus KL and entropy terms.
+  """The policy loss of `spec.algorithm` (`algorithms.REGISTRY`) on one minibatch, plus KL and
+  entropy terms.
 
   batch: tokens i32[B, T], valid bool[B, T], mask f32[B, T] (response tokens), loss_mask f32[B, T]
   (mask times any token weighting, e.g. the temporal window), old_logp f32[B, T], advantages
@@ -89,37 +81,7 @@ def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Arr
   is_weights f32[B, T] (F-TIS, ppo_clip algorithms).
   """
   logp, entropy = _forward_logp(graphdef, params, rest, batch, spec.logprob_impl)
-  w = batch["loss_mask"]
-  level = _LEVELS[spec.algorithm]
-  if spec.algorithm == "conspo":
-    loss, aux = losses.conspo(
-      logp, w, batch["rewards"], group_size=spec.group_size, tau=spec.conspo_tau, margin=margin
-    )
-  elif spec.algorithm == "cispo":
-    loss, aux = losses.cispo(
-      logp,
-      batch["old_logp"],
-      batch["advantages"],
-      w,
-      eps_low=spec.eps_low,
-      eps_high=spec.eps_high,
-      agg=spec.agg,
-      max_len=spec.max_len,
-    )
-  else:
-    loss, aux = losses.ppo_clip(
-      logp,
-      batch["old_logp"],
-      batch["advantages"],
-      w,
-      eps_low=spec.eps_low,
-      eps_high=spec.eps_high,
-      level=level,
-      agg=spec.agg,
-      dual_clip=spec.dual_clip,
-      max_len=spec.max_len,
-      is_weights=batch.get("is_weights"),  # F-TIS capped generator->learner weights
-    )
+  loss, aux = algorithms.policy_loss(logp, batch, spec, margin)  # the registry's loss
   aux = dict(aux)
   mask = batch["mask"]
   if spec.kl_coef > 0:

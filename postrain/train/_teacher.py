@@ -14,18 +14,21 @@ id -> teacher id) must say how to translate; otherwise `check_vocab` raises befo
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Any
 
-import jax
 import ml_collections as mlc
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from postrain import losses, models
+from postrain import losses, models, tasks
+from postrain.train.runs import (  # noqa: F401  (the run API; default_tokenizer for the trainer)
+  default_tokenizer,
+  load_run,
+  read_config,
+  run_tokenizer_path,
+)
 
 SOURCES = ("none", "workdir", "hf", "gguf", "ema")
 
@@ -42,84 +45,6 @@ def teacher_config() -> mlc.ConfigDict:
   t.ema_decay = 0.95  # source="ema": θ_T <- decay θ_T + (1 - decay) θ (MOPD: rate 0.05)
   t.vocab_map = ""  # optional .npy i32[V_s]: student token id -> teacher token id
   return t
-
-
-def _read_run_config(workdir: str) -> mlc.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"config.teacher.path: {workdir!r} is not a postrain workdir (no config.json)"
-    )
-  with open(path, encoding="utf-8") as f:
-    return mlc.ConfigDict(json.load(f))
-
-
-def run_tokenizer_path(workdir: str) -> str | None:
-  """The sentencepiece model a postrain run trained on its task corpus (None if it used another)."""
-  cfg = _read_run_config(workdir)
-  if cfg.tokenizer.kind != "sentencepiece":
-    return None
-  if cfg.tokenizer.path:
-    return cfg.tokenizer.path
-  found = sorted(glob.glob(os.path.join(workdir, "tokenizer", "*.model")))
-  if not found:
-    raise FileNotFoundError(f"no trained tokenizer under {workdir!r}/tokenizer")
-  return found[-1]
-
-
-def default_tokenizer(config: mlc.ConfigDict) -> Any:
-  """The student's tokenizer when the teacher is a postrain run with its own sentencepiece model
-  and the student does not name one: the teacher's, so both read the same token ids."""
-  t = config.teacher
-  if (
-    config.mode not in ("opd", "mopd")
-    or t.source != "workdir"
-    or config.tokenizer.kind != "sentencepiece"
-    or config.tokenizer.path
-    or t.vocab_map
-  ):
-    return None
-  path = run_tokenizer_path(t.path)
-  return None if path is None else models.tokenizers.SentencePieceTokenizer(path)
-
-
-def restore_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
-  """The `params` of the newest checkpoint of a postrain run, in the structure of `abstract_params`.
-
-  Only the parameters are read (the run's optimiser state may have any structure).
-  """
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  steps = (
-    sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
-  )
-  if not steps:
-    raise FileNotFoundError(f"config.teacher.path: no checkpoint under {ckpt_dir!r}")
-  step = steps[-1]
-  path = os.path.join(ckpt_dir, str(step), "state")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    # Host arrays on every process, whatever devices wrote the run (a one-device run's arrays would
-    # otherwise restore onto process 0's device only); the trainer then places them on its mesh.
-    tree = ckptr.metadata(path).item_metadata.tree
-    host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    raw = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=host))
-  pure = jax_tree_to_numpy(raw["params"])
-  params = nnx.State(abstract_params)  # a copy we can fill
-  nnx.replace_by_pure_dict(params, pure)
-  return params, step
-
-
-def jax_tree_to_numpy(tree: Any) -> Any:
-  """Orbax's nested dicts as nnx pure dicts: `{"value": x}` variable leaves unwrapped."""
-  if isinstance(tree, dict):
-    if set(tree) == {"value"} and not isinstance(tree["value"], dict):
-      return np.asarray(tree["value"])
-    return {_key(k): jax_tree_to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
-def _key(k: Any) -> Any:
-  """Orbax stores integer pytree keys (layer indices) as strings."""
-  return int(k) if isinstance(k, str) and k.isdigit() else k
 
 
 def build_teacher(
@@ -141,27 +66,24 @@ def build_teacher(
   if t.source == "gguf":
     _, model = models.from_gguf(t.path, dtype=t.dtype)
     return model, check_vocab(student_vocab, vocab_size(model), vocab_map_path=t.vocab_map), {}
-  run = _read_run_config(t.path)
-  if run.model.source != "scratch":  # a run that fine-tuned imported weights
-    loader = models.from_gguf if run.model.source == "gguf" else models.from_hf_dir
-    _, model = loader(run.model.path, dtype=t.dtype)
-    vmap = check_vocab(student_vocab, vocab_size(model), vocab_map_path=t.vocab_map)
-  else:
-    tok_path = run_tokenizer_path(t.path)
+  run = read_config(t.path, what="config.teacher.path")
+  if run.model.source == "scratch":
+    # Compare vocabularies before building anything (and long before any compilation).
+    tok_path = run_tokenizer_path(t.path, what="config.teacher.path")
     if tok_path is None:
       raise ValueError(f"config.teacher.path: cannot tell the vocabulary of run {t.path!r}")
     vocab = models.tokenizers.SentencePieceTokenizer(tok_path).vocab_size
-    overrides = {} if t.model_name else dict(run.model.overrides.to_dict())
-    overrides.update(t.overrides.to_dict())
-    kw = dict(vocab_size=vocab, dtype=t.dtype, param_dtype=t.dtype)
-    kw.update(overrides)
-    cfg = models.get_config(t.model_name or run.model.name, **kw)
-    # Compare vocabularies before building anything (and long before any compilation).
-    vmap = check_vocab(student_vocab, cfg.vocab_size, vocab_map_path=t.vocab_map)
-    model = models.Decoder(cfg, rngs=nnx.Rngs(0))
-  graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
-  params, step = restore_params(t.path, abstract)
-  return nnx.merge(graphdef, params, rest), vmap, {"teacher_step": step}
+    vmap = check_vocab(student_vocab, vocab, vocab_map_path=t.vocab_map)
+  loaded = load_run(
+    t.path,
+    model_name=t.model_name,
+    overrides=t.overrides.to_dict(),
+    dtype=t.dtype,
+    what="config.teacher.path",
+  )
+  if run.model.source != "scratch":  # a run that fine-tuned imported weights
+    vmap = check_vocab(student_vocab, vocab_size(loaded.model), vocab_map_path=t.vocab_map)
+  return loaded.model, vmap, {"teacher_step": loaded.step}
 
 
 def vocab_size(model: nnx.Module) -> int:
@@ -194,3 +116,105 @@ def check_vocab(student_vocab: int, teacher_vocab: int, *, vocab_map_path: str =
       f"({student_vocab}) and config.teacher.vocab_map does not translate it: {err}"
     ) from None
   return vocab_map
+
+
+# -- the teacher's view of a rollout (MOPD prompts, OPD release segments) ----------------------
+
+_BREAKS = (".", "!", "?")
+
+
+def segment_ids(tokens: np.ndarray, mask: np.ndarray, tokenizer: Any, num_segments: int):
+  """Sentence index i32[B, R] of each response token (-1 off the mask), for the release rule.
+
+  A segment ends after a token whose text contains a newline or ends with . ! ? (the paper uses
+  NLTK sentences; the toy tasks' solutions are one equation per line). Indices are capped at
+  `num_segments - 1`, so a long tail shares the last segment.
+  """
+  cache: dict[int, bool] = {}
+  out = np.full(tokens.shape, -1, np.int32)
+  for b in range(tokens.shape[0]):
+    seg = 0
+    for t in range(tokens.shape[1]):
+      if not mask[b, t]:
+        continue
+      out[b, t] = min(seg, num_segments - 1)
+      tok = int(tokens[b, t])
+      if tok not in cache:
+        text = tokenizer.decode([tok])
+        cache[tok] = "\n" in text or text.rstrip().endswith(_BREAKS)
+      seg += cache[tok]
+  return out
+
+
+def mopd_teacher_prompts(
+  data: Any,  # the run's TaskData
+  problems: list[tasks.Problem],
+  texts: list[str],
+  rewards: np.ndarray,
+  *,
+  group_size: int,
+  d: mlc.ConfigDict,
+  seed: int,
+) -> tuple[list[list[int]], np.ndarray, int]:
+  """Token ids of each rollout's teacher prompt (MOPD Step B), whether it has peers, and how many
+  prompts fell back to the plain prompt for exceeding `d.max_teacher_prompt_len`.
+
+  The peer blocks go into the question text, which is then formatted exactly like the student's
+  prompt (plain "Question: ...\\nAnswer:" or the chat template), so a row without peers gets the
+  student's own prompt: MOPD without peers is plain OPD.
+  """
+  questions = [p.question for p in problems]
+  teacher_q = tasks.mopd.build_batch_teacher_prompts(
+    questions,
+    texts,
+    [float(r) for r in rewards],
+    group_size=group_size,
+    mode=d.context,
+    max_peers=d.max_peers,
+    max_failures=d.max_failures,
+    success_threshold=d.success_threshold,
+    order=d.peer_order,
+    seed=seed,
+  )
+  ids, has_peer, truncated = [], np.zeros(len(texts), bool), 0
+  for i, q in enumerate(teacher_q):
+    plain = questions[i // group_size]
+    row = data.encode_prompt(
+      tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
+    )
+    if q != plain and len(row) > d.max_teacher_prompt_len:
+      truncated += 1
+      q = plain
+      row = data.encode_prompt(
+        tasks.format_prompt(q, chat_template=data.chat_template, instruction=data.instruction)
+      )
+    has_peer[i] = q != plain
+    ids.append(row)
+  return ids, has_peer, truncated
+
+
+def teacher_layout(
+  prompts: list[list[int]],
+  response: np.ndarray,
+  response_valid: np.ndarray,
+  *,
+  pad_id: int,
+  longest: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`left-padded teacher prompt ++ student response` (i32[B, W + R], bool[B, W + R]).
+
+  W is the longest prompt rounded up to a multiple of 32 (fewer recompilations); the response
+  occupies the last R columns, as in the student's sequence. `longest`: the longest prompt of the
+  whole batch when `prompts` are one process's rows (default: the longest of `prompts`).
+  """
+  b, r = response.shape
+  longest = max(len(p) for p in prompts) if longest is None else longest
+  width = -(-longest // 32) * 32
+  tokens = np.full((b, width + r), pad_id, np.int32)
+  valid = np.zeros((b, width + r), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, width - len(p) : width] = p
+    valid[i, width - len(p) : width] = True
+  tokens[:, width:] = response
+  valid[:, width:] = response_valid
+  return tokens, valid

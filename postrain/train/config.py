@@ -13,9 +13,12 @@ from typing import Any
 import ml_collections as mlc
 
 from postrain import sharding
+from postrain.train import algorithms
 
 MODES = ("sft", "rl", "opd", "mopd")
-ALGORITHMS = ("grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo", "conspo", "scrl")
+# The registry's algorithms (postrain/train/algorithms.py); `rl.algorithm` may also name a user's
+# loss as "package.module:function".
+ALGORITHMS = tuple(algorithms.REGISTRY)
 MODEL_SOURCES = ("scratch", "hf", "gguf")
 TOKENIZERS = ("sentencepiece", "hf", "gguf")
 
@@ -75,7 +78,9 @@ def base_config() -> mlc.ConfigDict:
   c.sft.terse_fraction = 0.0
 
   c.rl = mlc.ConfigDict()
-  c.rl.algorithm = "gspo"
+  c.rl.algorithm = "gspo"  # a name of train.algorithms.REGISTRY, or "package.module:function"
+  c.rl.loss_kwargs = mlc.ConfigDict()  # keyword arguments of a user's loss function
+  c.rl.advantage = "group_normalized"  # or "rloo" (train.algorithms.ADVANTAGES)
   c.rl.steps = 0
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
@@ -100,6 +105,7 @@ def base_config() -> mlc.ConfigDict:
   c.rl.conspo_margin_warmup = 0.3
   c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of SFT rows that are curriculum examples
   c.rl.scrl_num_subproblems = 0  # SCRL: keep the last K subproblems of each chain (0: all)
+  algorithms.add_sections(c.rl)  # each algorithm's own hyperparameters: rl.sapo.tau_pos, ...
   c.rl.temporal = mlc.ConfigDict()
   c.rl.temporal.enabled = False
   c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
@@ -195,11 +201,7 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
   need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")
-  need(
-    c.rl.algorithm in ALGORITHMS,
-    "rl.algorithm",
-    f"must be one of {ALGORITHMS}, got {c.rl.algorithm!r}",
-  )
+  algorithms.validate(c, need)  # the name, the advantage estimator, the algorithm's own checks
   need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
   need(
     c.rl.group_size >= 2,
@@ -230,11 +232,6 @@ def validate(c: mlc.ConfigDict) -> None:
     c.rl.cache_size > c.rl.max_new_tokens,
     "rl.cache_size",
     "must exceed rl.max_new_tokens (room for the prompt)",
-  )
-  need(
-    c.rl.algorithm != "scrl" or c.rl.group_size % 2 == 0,
-    "rl.group_size",
-    "must be even for SCRL mixed groups",
   )
   need(
     c.checkpoint.every >= 1 and c.checkpoint.keep >= 1, "checkpoint", "every and keep must be >= 1"
@@ -319,33 +316,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
   return out
 
 
-# Paper / library defaults per algorithm: (ppo level is implied by the name).
-_ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
-  "grpo": dict(eps_low=0.2, eps_high=0.2, agg="seq_mean_token_mean", adv_scale="group"),
-  # DAPO (arXiv 2503.14476): clip-higher, token-mean, dynamic sampling.
-  "dapo": dict(
-    eps_low=0.2, eps_high=0.28, agg="token_mean", adv_scale="group", dynamic_sampling=True
-  ),
-  # Dr.GRPO (arXiv 2503.20783): no std scaling, constant length normaliser.
-  "dr_grpo": dict(eps_low=0.2, eps_high=0.2, agg="seq_mean_token_sum_norm", adv_scale="none"),
-  # GSPO (arXiv 2507.18071): sequence ratio, clip 3e-4 / 4e-4.
-  "gspo": dict(eps_low=3e-4, eps_high=4e-4, agg="seq_mean_token_mean", adv_scale="group"),
-  "gspo_token": dict(eps_low=3e-4, eps_high=4e-4, agg="seq_mean_token_mean", adv_scale="group"),
-  # CISPO (arXiv 2506.13585): only the upper IS-weight clip is active by default.
-  "cispo": dict(eps_low=0.0, eps_high=0.28, agg="token_mean", adv_scale="group"),
-  # ConSPO (arXiv 2605.12969): tau 10, margin 0.01 warmed up over 30% of training.
-  "conspo": dict(conspo_tau=10.0, conspo_margin=0.01, conspo_margin_warmup=0.3),
-  # SCRL (arXiv 2605.22074): token-level PPO on span advantages, one token normaliser.
-  "scrl": dict(eps_low=0.2, eps_high=0.28, agg="token_mean", adv_scale="group"),
-}
-
-
 def set_algorithm(c: mlc.ConfigDict, algorithm: str) -> mlc.ConfigDict:
-  """Sets `c.rl.algorithm` and that algorithm's default hyperparameters; returns `c`."""
-  if algorithm not in _ALGORITHM_DEFAULTS:
-    raise ValueError(f"algorithm must be one of {sorted(_ALGORITHM_DEFAULTS)}, got {algorithm!r}")
-  c.rl.algorithm = algorithm
-  c.rl.update(_ALGORITHM_DEFAULTS[algorithm])
+  """Sets `c.rl.algorithm` and that algorithm's default hyperparameters (its registry entry's);
+  returns `c`."""
+  algorithms.set_defaults(c, algorithm)
   return c
 
 

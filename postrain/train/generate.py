@@ -15,10 +15,10 @@ import sys
 
 import jax
 import numpy as np
-from flax import nnx
 
 from postrain.sampling import Sampler
-from postrain.train import _data, _ftis, _rollout, _teacher
+from postrain.train import _data, _ftis, _rollout
+from postrain.train.runs import load_run
 
 
 def generate_rollouts(
@@ -36,16 +36,13 @@ def generate_rollouts(
 
   Returns {"num_rollouts", "reward_mean", "checkpoint_step"}.
   """
-  from postrain.train._loop import build_model
   from postrain.train.config import validate
 
-  config = _teacher._read_run_config(workdir)
+  run = load_run(workdir, what="--workdir")
+  config = run.config
   validate(config)
-  data = _data.load_task_data(config, workdir)
-  model = build_model(config, data.tokenizer.vocab_size, seed=config.seed)
-  graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
-  params, step = _teacher.restore_params(workdir, abstract)
-  model = nnx.merge(graphdef, params, rest)
+  data = run.task_data()
+  model, step = run.model, run.step
   sampler = Sampler(model, cache_size=config.rl.cache_size + max_new_tokens)
   problems = _data.step_problems(data.train, seed=seed, step=0, count=num_prompts)
   key = jax.random.key(seed)

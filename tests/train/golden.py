@@ -54,6 +54,8 @@ _ALGORITHMS = (
   "cispo",
   "conspo",
   "scrl",
+  "sapo",
+  "gmpo",
 )
 RUNS: dict[str, tuple[str, str, tuple[tuple[str, object], ...]]] = {
   **{a: (f"chain_sum_{a}.py", "scale=test", ()) for a in _ALGORITHMS},
