@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_batch
 
 from postrain import losses
 
@@ -58,9 +57,9 @@ _CASES = {
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, "mix"], ids=str)
 @pytest.mark.parametrize("name", sorted(_CASES))
 @pytest.mark.parametrize("per_token_adv", [False, True], ids=["adv_seq", "adv_tok"])
-def test_policy_losses_ignore_nonfinite_masked_positions(name, value, per_token_adv):
+def test_policy_losses_ignore_nonfinite_masked_positions(batch, name, value, per_token_adv):
   fn = _CASES[name]
-  logp, old, adv, mask = make_batch(seed=3)
+  logp, old, adv, mask = batch(seed=3)
   rng = np.random.default_rng(0)
   if per_token_adv:
     adv = np.broadcast_to(adv[:, None], logp.shape) + 0.1 * rng.normal(size=logp.shape)
@@ -89,8 +88,8 @@ def test_policy_losses_ignore_nonfinite_masked_positions(name, value, per_token_
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("kind", ["k1", "k2", "k3", "k3+"])
-def test_kl_and_aggregate_ignore_nonfinite_masked_positions(kind, value):
-  logp, ref, _, mask = make_batch(seed=4)
+def test_kl_and_aggregate_ignore_nonfinite_masked_positions(batch, kind, value):
+  logp, ref, _, mask = batch(seed=4)
   dirty_lp, dirty_ref = (np.where(mask != 0, x, value).astype(np.float32) for x in (logp, ref))
 
   def f(lp, r):
@@ -104,8 +103,8 @@ def test_kl_and_aggregate_ignore_nonfinite_masked_positions(kind, value):
 
 
 @pytest.mark.parametrize("value", [np.nan, -np.inf])
-def test_conspo_ignores_nonfinite_masked_positions(value):
-  logp, _, _, mask = make_batch(seed=5, B=8)
+def test_conspo_ignores_nonfinite_masked_positions(batch, value):
+  logp, _, _, mask = batch(seed=5, B=8)
   rewards = jnp.asarray(np.array([1, 0, 1, 0, 0, 1, 1, 0], np.float32))
   dirty = np.where(mask != 0, logp, value).astype(np.float32)
 
