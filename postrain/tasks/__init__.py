@@ -14,10 +14,13 @@ owned by other engineers (smepo, selfplay, mopd) add their line without touching
 
 from postrain.tasks._arith import evaluate_steps, format_number, parse_number
 from postrain.tasks._extract import (
+  EXTRACT_MODES,
+  MAX_EXTRACT_CHARS,
   boxed_contents,
   clean_answer,
   extract_answer,
   extract_answer_line,
+  extract_answer_source,
   extract_boxed,
   extract_last_number,
 )

@@ -15,6 +15,8 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from postrain.tasks._extract import MAX_EXTRACT_CHARS, extract_answer_source
+
 SPLITS = ("train", "test")
 
 
@@ -58,6 +60,16 @@ class Task(abc.ABC):
   def prepare(self) -> None:
     """Loads whatever `score` needs (imports, generator objects). Default: nothing."""
     return None
+
+  def extract(
+    self, completion: str, *, mode: str = "marked", max_chars: int = MAX_EXTRACT_CHARS
+  ) -> tuple[str | None, str | None]:
+    """(answer, source) of a completion: `postrain.tasks.extract_answer_source` by default.
+
+    The verifier runs this in its worker, under the same deadline as `score`; a task whose
+    answers need another reading overrides it.
+    """
+    return extract_answer_source(completion, mode=mode, max_chars=max_chars)
 
 
 def json_normalize(metadata: Any) -> Any:

@@ -9,6 +9,12 @@ reward 0 and `VerifierStats.timeouts` is incremented. A scorer exception (or a w
 gives 0 and increments `errors`. A completion with no extractable answer gives 0 and counts in
 `no_answer`.
 
+`score_batch` sends the completions themselves: the worker extracts the answer
+(`Task.extract`, linear in the completion's last `max_chars` characters) and scores it within the
+same deadline, so a pathological completion costs one timeout, never the trainer's time. An
+optional format reward (`format_reward`) pays a completion whose answer is explicitly marked
+(`\\boxed{}` or an `answer:` line) at least that much, right or wrong.
+
 Workers are subprocesses, not `multiprocessing` children, so the user's `__main__` is never
 re-imported; a custom `Task` must be importable by module path (not defined in `__main__`) to be
 sent to a worker, or scored in-process with `timeout_s=None` (no deadline).
@@ -39,7 +45,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from postrain.tasks._extract import extract_answer
+from postrain.tasks._extract import MARKED_SOURCES, MAX_EXTRACT_CHARS, check_extract_args
 from postrain.tasks._problem import Problem, Task
 
 # The worker program as of this import (module docstring); started with `python -c _BOOTSTRAP FD`,
@@ -68,6 +74,8 @@ class VerifierStats:
     timeouts: scorers past their deadline (reward 0).
     errors: scorers that raised or whose worker died (reward 0).
     format_errors: SCRL completions whose subproblem format was violated (rewards 0).
+    marked: scored completions whose answer was explicitly marked (boxed or an answer line);
+      counted by `score_batch` only.
   """
 
   total: int = 0
@@ -76,6 +84,7 @@ class VerifierStats:
   timeouts: int = 0
   errors: int = 0
   format_errors: int = 0
+  marked: int = 0
 
   def merge(self, other: VerifierStats) -> VerifierStats:
     """Returns the field-wise sum."""
@@ -177,7 +186,7 @@ def _receive_results(conn) -> list:
   if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "results"):
     raise _ProtocolError(f"unexpected message {str(message)[:100]}")
   results = message[1]
-  if not (isinstance(results, list) and all(isinstance(r, tuple) and len(r) == 3 for r in results)):
+  if not (isinstance(results, list) and all(isinstance(r, tuple) and len(r) == 4 for r in results)):
     raise _ProtocolError(f"malformed results {str(results)[:100]}")
   return results
 
@@ -272,7 +281,9 @@ class VerifierPool:
     self._send(slot, blob)
     return self._await(slot)
 
-  def _run(self, workers, blob, todo, problems, answers, timeout_s, rewards, stats) -> None:
+  def _run(
+    self, workers, blob, todo, problems, answers, timeout_s, rewards, stats, extract, marked
+  ):
     """Streams chunks of items to the workers (module docstring).
 
     A worker answers in order but flushes every `_worker._FLUSH_S`, so when it hangs or dies with
@@ -282,7 +293,9 @@ class VerifierPool:
     """
     queues = {slot: collections.deque() for slot in workers}  # items sent, not yet answered
     try:
-      self._stream(workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues)
+      self._stream(
+        workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues, extract, marked
+      )
     except BaseException:
       # Interrupted (Ctrl-C, an item that cannot be pickled, ...): a worker with items in flight
       # would hand their answers (or a half-written message) to the next call, so it goes.
@@ -292,7 +305,9 @@ class VerifierPool:
           self._workers[slot] = None
       raise
 
-  def _stream(self, workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues):
+  def _stream(
+    self, workers, blob, todo, problems, answers, timeout_s, rewards, stats, queues, extract, marked
+  ):
     progress = dict.fromkeys(workers, 0.0)
     suspects: collections.deque[int] = collections.deque()
 
@@ -318,7 +333,7 @@ class VerifierPool:
         chunk = [source.popleft() for _ in range(min(size, len(source)))]
         queues[slot].extend(chunk)
         progress[slot] = time.monotonic()
-        message = ("score", [(i, answers[i], problems[i]) for i in chunk])
+        message = ("score", [(i, answers[i], problems[i]) for i in chunk], extract)
         try:
           workers[slot].conn.send(message)
         except OSError:
@@ -340,16 +355,11 @@ class VerifierPool:
           while queues[slot] and conn.poll(0):
             results = _receive_results(conn)
             progress[slot] = time.monotonic()
-            for kind, i, value in results:
+            for kind, i, value, is_marked in results:
               if not queues[slot] or i != queues[slot][0]:
                 raise _ProtocolError(f"answer for item {i}, expected {list(queues[slot])[:1]}")
               queues[slot].popleft()
-              value = float(value) if kind == "ok" else math.nan
-              if math.isfinite(value):
-                rewards[i] = value
-                stats.scored += 1
-              else:
-                stats.errors += 1
+              _record(kind, i, value, is_marked, rewards, stats, marked)
         except (EOFError, OSError, _ProtocolError):  # The worker died (or is out of step).
           fail(slot, timed_out=False)
       now = time.monotonic()
@@ -366,21 +376,53 @@ class VerifierPool:
     answers: Sequence[str | None],
     *,
     timeout_s: float,
+    extract: dict | None = None,
+    format_reward: float = 0.0,
   ) -> tuple[np.ndarray, VerifierStats]:
-    """Scores extracted answers; returns (rewards: f32[N], stats). See the module docstring."""
+    """Scores answers; returns (rewards: f32[N], stats). See the module docstring.
+
+    `extract` None: `answers` are extracted answers (None: no answer). Otherwise they are
+    completions, extracted in the worker by `task.extract(completion, **extract)`; a marked
+    answer's reward is then at least `format_reward`.
+    """
     blob = _pickle_task(task)
     rewards = np.zeros(len(problems), np.float32)
+    marked = np.zeros(len(problems), bool)
     stats = VerifierStats(total=len(problems))
     todo = collections.deque(i for i, a in enumerate(answers) if a is not None)
     stats.no_answer = len(problems) - len(todo)
-    if not todo:
-      return rewards, stats
-    with self._lock:
-      for slot in range(self.num_workers):  # Start all, then wait: imports run in parallel.
-        self._send(slot, blob)
-      workers = {slot: self._await(slot) for slot in range(self.num_workers)}
-      self._run(workers, blob, todo, problems, answers, timeout_s, rewards, stats)
-    return rewards, stats
+    if todo:
+      with self._lock:
+        for slot in range(self.num_workers):  # Start all, then wait: imports run in parallel.
+          self._send(slot, blob)
+        workers = {slot: self._await(slot) for slot in range(self.num_workers)}
+        self._run(
+          workers, blob, todo, problems, answers, timeout_s, rewards, stats, extract, marked
+        )
+    return _with_format_reward(rewards, marked, format_reward), stats
+
+
+def _record(kind, i, value, is_marked, rewards, stats, marked) -> None:
+  """Books one worker result ("ok" | "none" | "error") into rewards, stats and marked."""
+  if kind == "none":
+    stats.no_answer += 1
+    return
+  value = float(value) if kind == "ok" else math.nan
+  if math.isfinite(value):
+    rewards[i] = value
+    stats.scored += 1
+    if is_marked:
+      marked[i] = True
+      stats.marked += 1
+  else:
+    stats.errors += 1
+
+
+def _with_format_reward(rewards: np.ndarray, marked: np.ndarray, format_reward: float):
+  """max(reward, format_reward) where the answer was marked, else reward."""
+  if format_reward:
+    rewards = np.where(marked, np.maximum(rewards, np.float32(format_reward)), rewards)
+  return rewards.astype(np.float32)
 
 
 _DEFAULT_POOL: VerifierPool | None = None
@@ -416,29 +458,39 @@ def score_answers(
   Returns:
     (rewards: f32[N], stats: VerifierStats)
   """
-  if len(problems) != len(answers):
-    raise ValueError(f"`answers` has {len(answers)} items but `problems` has {len(problems)}.")
+  return _score(task, problems, answers, timeout_s=timeout_s, pool=pool)
+
+
+def _score(task, problems, items, *, timeout_s, pool, extract=None, format_reward=0.0):
+  if len(problems) != len(items):
+    what = "answers" if extract is None else "completions"
+    raise ValueError(f"`{what}` has {len(items)} items but `problems` has {len(problems)}.")
   if timeout_s is not None and not timeout_s > 0:
     raise ValueError(f"`timeout_s` must be > 0 or None, got {timeout_s}.")
   if timeout_s is not None:
-    return (pool or default_pool()).score(task, problems, answers, timeout_s=timeout_s)
+    return (pool or default_pool()).score(
+      task, problems, items, timeout_s=timeout_s, extract=extract, format_reward=format_reward
+    )
   rewards = np.zeros(len(problems), np.float32)
+  marked = np.zeros(len(problems), bool)
   stats = VerifierStats(total=len(problems))
-  for i, (problem, answer) in enumerate(zip(problems, answers)):
-    if answer is None:
+  for i, (problem, item) in enumerate(zip(problems, items)):
+    if item is None:
       stats.no_answer += 1
       continue
     try:
+      answer, source = item, None
+      if extract is not None:
+        answer, source = task.extract(item, **extract)
+      if answer is None:
+        _record("none", i, None, False, rewards, stats, marked)
+        continue
       value = float(task.score(answer, problem))
     except Exception:
       stats.errors += 1
       continue
-    if math.isfinite(value):
-      rewards[i] = value
-      stats.scored += 1
-    else:
-      stats.errors += 1
-  return rewards, stats
+    _record("ok", i, value, source in MARKED_SOURCES, rewards, stats, marked)
+  return _with_format_reward(rewards, marked, format_reward), stats
 
 
 def score_batch(
@@ -447,25 +499,45 @@ def score_batch(
   completions: Sequence[str],
   *,
   last_number_fallback: bool = False,
+  mode: str | None = None,
+  max_chars: int = MAX_EXTRACT_CHARS,
+  format_reward: float = 0.0,
   timeout_s: float | None = 5.0,
   pool: VerifierPool | None = None,
 ) -> tuple[np.ndarray, VerifierStats]:
-  """Extracts each completion's answer and scores it with the task's own scorer.
+  """Extracts each completion's answer and scores it with the task's own scorer, both in the
+  verifier worker under the per-item deadline (a slow extraction counts in `stats.timeouts`).
 
   Args:
-    task: the task (its `score` is the verifier).
+    task: the task (its `extract` finds the answer, its `score` is the verifier).
     problems: N problems (repeat a problem G times for a group of G rollouts).
     completions: N generated texts (without the prompt).
-    last_number_fallback: passed to `extract_answer`.
+    last_number_fallback: with `mode=None`, True is mode "any" and False mode "marked".
+    mode: the extraction mode (`postrain.tasks.EXTRACT_MODES`; see `extract_answer`).
+    max_chars: extraction reads only the last `max_chars` characters of each completion.
+    format_reward: in [0, 1]; a completion whose answer is marked (boxed or an `answer:` line)
+      gets reward max(score, format_reward). 0 (default) for none.
     timeout_s: per-item deadline (see `score_answers`).
     pool: the worker pool (default: `default_pool()`).
 
   Returns:
     (rewards: f32[N], stats: VerifierStats). A slow or failing scorer gives 0 and is counted.
   """
-  if len(problems) != len(completions):
-    raise ValueError(
-      f"`completions` has {len(completions)} items but `problems` has {len(problems)}."
-    )
-  answers = [extract_answer(c, last_number_fallback=last_number_fallback) for c in completions]
-  return score_answers(task, problems, answers, timeout_s=timeout_s, pool=pool)
+  if mode is None:
+    mode = "any" if last_number_fallback else "marked"
+  check_extract_args(mode, max_chars)
+  if not 0.0 <= format_reward <= 1.0:
+    raise ValueError(f"`format_reward` must be in [0, 1], got {format_reward}.")
+  for i, c in enumerate(completions):
+    if not isinstance(c, str):
+      raise TypeError(f"`completions[{i}]` must be a str, got {type(c).__name__}.")
+  extract = {"mode": mode, "max_chars": max_chars}
+  return _score(
+    task,
+    problems,
+    completions,
+    timeout_s=timeout_s,
+    pool=pool,
+    extract=extract,
+    format_reward=float(format_reward),
+  )

@@ -29,6 +29,9 @@ class TaskData:
   tokenizer: Any  # a postrain.models.tokenizers.Tokenizer
   chat_template: Any  # messages -> str, or None for plain prompts
   instruction: str | None = None  # None: the task's default instruction
+  extract: str = "marked"  # config.task.extract: the answer extraction mode
+  extract_max_chars: int = tasks.MAX_EXTRACT_CHARS
+  format_reward: float = 0.0  # config.task.format_reward (training rewards only)
 
   def prompt(self, problem: tasks.Problem) -> str:
     return tasks.format_prompt(
@@ -106,6 +109,9 @@ def load_task_data(
     tokenizer=tokenizer,
     chat_template=chat_template,
     instruction=instruction,
+    extract=cfg.extract,
+    extract_max_chars=int(cfg.extract_max_chars),
+    format_reward=float(cfg.format_reward),
   )
 
 

@@ -84,11 +84,29 @@ def generate_groups(
 
 
 def score(
-  data: TaskData, problems: list[tasks.Problem], texts: list[str], n: int, timeout_s: float
+  data: TaskData,
+  problems: list[tasks.Problem],
+  texts: list[str],
+  n: int,
+  timeout_s: float,
+  *,
+  format_reward: float | None = None,
 ) -> tuple[np.ndarray, tasks.VerifierStats]:
-  """Rewards f32[len(problems) * n] of the texts (problem p's n samples contiguous)."""
+  """Rewards f32[len(problems) * n] of the texts (problem p's n samples contiguous).
+
+  Answers are extracted with `data.extract` (config.task.extract); a marked wrong answer earns
+  `format_reward` (default: `data.format_reward`, the training reward; evaluation passes 0).
+  """
   repeated = [p for p in problems for _ in range(n)]
-  return tasks.score_batch(data.task, repeated, texts, timeout_s=timeout_s)
+  return tasks.score_batch(
+    data.task,
+    repeated,
+    texts,
+    mode=data.extract,
+    max_chars=data.extract_max_chars,
+    format_reward=data.format_reward if format_reward is None else format_reward,
+    timeout_s=timeout_s,
+  )
 
 
 def rl_batch(
@@ -136,6 +154,11 @@ def rl_batch(
   return batch, metrics
 
 
+def _accuracy(data, problems, texts, n, timeout_s) -> np.ndarray:
+  """Evaluation rewards: the task's score alone (no format reward)."""
+  return score(data, problems, texts, n, timeout_s, format_reward=0.0)[0]
+
+
 def evaluate(
   sampler: Sampler,
   data: TaskData,
@@ -171,9 +194,9 @@ def evaluate(
     prompts = data.encode_prompts(chunk)
     kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
     out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
-    rows = {"greedy": score(data, chunk, texts, 1, timeout_s)[0], "greedy_len": out.lengths}
+    rows = {"greedy": _accuracy(data, chunk, texts, 1, timeout_s), "greedy_len": out.lengths}
     out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
-    rows["sampled"] = score(data, chunk, texts, k, timeout_s)[0].reshape(len(chunk), k)
+    rows["sampled"] = _accuracy(data, chunk, texts, k, timeout_s).reshape(len(chunk), k)
     rows["sampled_len"] = np.asarray(out.lengths).reshape(len(chunk), k)
     rows = {name: np.asarray(x) for name, x in rows.items()}
     if multi:  # the whole batch's results, in the global problem order

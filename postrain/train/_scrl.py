@@ -101,6 +101,8 @@ def scrl_batch_rewards(
     data.task,
     [rows_chain[i].problem for i in orig_idx],
     [texts[i] for i in orig_idx],
+    mode=data.extract,
+    max_chars=data.extract_max_chars,
     timeout_s=timeout_s,
   )
   outcome[orig_idx] = orig_r

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from postrain import sharding
+from postrain import sharding, tasks
 from postrain.train import algorithms
 
 MODES = ("sft", "rl", "opd", "mopd")
@@ -42,7 +42,17 @@ def base_config() -> mlc.ConfigDict:
   # The instruction before the question: "default" (the task's) or the text itself ("" for none).
   c.task.instruction = "default"
   c.task.jsonl_path = ""
+  # Per-completion deadline of the verifier (answer extraction and scoring together).
   c.task.verifier_timeout_s = 2.0
+  # What counts as the final answer (postrain.tasks.extract_answer): "marked" (a \boxed{} or an
+  # `answer: X` line), "any" (those, then the last number: instruct models answering in prose),
+  # "boxed", "answer_line" or "last_number".
+  c.task.extract = "marked"
+  c.task.extract_max_chars = tasks.MAX_EXTRACT_CHARS  # extraction reads only the last N characters
+  # Training reward of a wrong answer that is explicitly marked (boxed / answer line), so groups
+  # of a model still learning the format are not all zero. In [0, 0.5): accuracy counts > 0.5.
+  # Evaluation never pays it.
+  c.task.format_reward = 0.0
 
   c.tokenizer = mlc.ConfigDict()
   c.tokenizer.kind = "sentencepiece"  # trained on the task corpus, cached in the workdir
@@ -198,6 +208,17 @@ def validate(c: mlc.ConfigDict) -> None:
     "is required when task.name == 'jsonl'",
   )
   need(c.task.num_eval >= 1, "task.num_eval", "must be >= 1")
+  need(
+    c.task.extract in tasks.EXTRACT_MODES,
+    "task.extract",
+    f"must be one of {tasks.EXTRACT_MODES}, got {c.task.extract!r}",
+  )
+  need(c.task.extract_max_chars >= 1, "task.extract_max_chars", "must be >= 1")
+  need(
+    0.0 <= c.task.format_reward < 0.5,
+    "task.format_reward",
+    f"must be in [0, 0.5) (accuracy counts rewards > 0.5), got {c.task.format_reward}",
+  )
   need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
   need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")

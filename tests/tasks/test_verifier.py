@@ -273,3 +273,69 @@ def test_many_calls_with_random_failures_keep_exact_accounting(light_scorer):
         count["sleep"],
         count["raise"] + count["crash"],
       )
+
+
+class SlowExtractTask(ScriptedTask):
+  """Extraction itself hangs on the completion "hang" (module-level: workers import it)."""
+
+  def extract(self, completion, **kwargs):
+    if completion == "hang":
+      time.sleep(60)
+    return super().extract(completion, **kwargs)
+
+
+def test_extraction_runs_under_the_deadline(verifier_pool):
+  task = SlowExtractTask()
+  problems = task.generate("train", 3)
+  rewards, stats = tasks.score_batch(
+    task, problems, ["answer: 0", "hang", "answer: 2"], timeout_s=1.0, pool=verifier_pool
+  )
+  np.testing.assert_array_equal(rewards, [1, 0, 1])
+  assert (stats.timeouts, stats.errors, stats.scored, stats.no_answer) == (1, 0, 2, 0)
+
+
+def test_pathological_completion_is_scored_in_the_worker(verifier_pool):
+  task = ScriptedTask()
+  problems = task.generate("train", 3)
+  junk = r"\boxed{" * 6000  # 42 KB of unclosed boxes
+  completions = [junk + "answer: 0", junk, junk + "\nanswer: 9"]
+  rewards, stats = tasks.score_batch(task, problems, completions, pool=verifier_pool)
+  np.testing.assert_array_equal(rewards, [1, 0, 0])
+  assert (stats.timeouts, stats.no_answer, stats.scored) == (0, 1, 2)
+
+
+# What SmolLM2-135M-Instruct writes (chat template) for the three problems below.
+_SMOL = [
+  "To find the sum, add the numbers: 3 + 4 = 7.",  # right, unmarked
+  "Let's calculate it step by step.\n\n8 - 5 = 3\n\nanswer: 3",  # right, marked
+  "The result of 6 * 2 is 14.\n\nFinal Answer: 14",  # wrong, marked
+  "I think it is 11",  # wrong, unmarked
+  "I can't compute that.",  # no number at all
+]
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_modes_and_format_reward(verifier_pool, inline):
+  task = tasks.get_task("basic_arithmetic")
+  problems = [
+    tasks.Problem(f"p/{i}", q, a, {}, "basic_arithmetic")
+    for i, (q, a) in enumerate(
+      [("3 + 4 =", "7"), ("8 - 5 =", "3"), ("6 * 2 =", "12"), ("5 + 5 =", "10"), ("1 + 1 =", "2")]
+    )
+  ]
+  kw = dict(timeout_s=None) if inline else dict(pool=verifier_pool)
+  rewards, stats = tasks.score_batch(task, problems, _SMOL, **kw)  # "marked"
+  np.testing.assert_array_equal(rewards, [0, 1, 0, 0, 0])
+  assert (stats.no_answer, stats.scored, stats.marked) == (3, 2, 2)
+  rewards, stats = tasks.score_batch(task, problems, _SMOL, mode="any", **kw)
+  np.testing.assert_array_equal(rewards, [1, 1, 0, 0, 0])
+  assert (stats.no_answer, stats.scored, stats.marked) == (1, 4, 2)
+  rewards, stats = tasks.score_batch(task, problems, _SMOL, mode="any", format_reward=0.1, **kw)
+  np.testing.assert_allclose(rewards, [1, 1, 0.1, 0, 0])
+  assert rewards.dtype == np.float32
+  rewards, _ = tasks.score_batch(task, problems, _SMOL, mode="last_number", **kw)
+  np.testing.assert_array_equal(rewards, [1, 1, 0, 0, 0])
+  with pytest.raises(ValueError, match="format_reward"):
+    tasks.score_batch(task, problems, _SMOL, format_reward=2.0, **kw)
+  with pytest.raises(ValueError, match="mode"):
+    tasks.score_batch(task, problems, _SMOL, mode="first", **kw)

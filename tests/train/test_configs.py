@@ -61,3 +61,19 @@ def _flatten(d, prefix=""):
 def _free_form_keys(cfg):
   """Keys under the free-form dicts (task generator knobs, model field overrides)."""
   return {k for k in _flatten(cfg.to_dict()) if k.startswith(("task.kwargs.", "model.overrides."))}
+
+
+@pytest.mark.parametrize(
+  "key, value, match",
+  [
+    ("extract", "first_number", "task.extract"),
+    ("extract_max_chars", 0, "task.extract_max_chars"),
+    ("format_reward", 0.5, "task.format_reward"),
+    ("format_reward", -0.1, "task.format_reward"),
+  ],
+)
+def test_answer_extraction_keys_are_validated(key, value, match):
+  cfg = config_lib.base_config()
+  setattr(cfg.task, key, value)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(cfg)
