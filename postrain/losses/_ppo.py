@@ -72,8 +72,8 @@ def ppo_clip(
     old_logp: f32[B, T] log π_old (constant: stop-gradiented).
     advantages: f32[B] (per sequence) or f32[B, T] (per token), constant.
     mask: f32|bool[B, T], 1 on response tokens that count (float = per-token weight).
-    eps_low: lower clip, ρ ≥ 1 − eps_low (GRPO 0.2; GSPO 3e-4); static Python number in
-      [0, 1]; 1 turns the lower clip off (bound 0), larger values are refused.
+    eps_low: lower clip, ρ ≥ 1 − eps_low (GRPO 0.2; GSPO 3e-4); static Python number in [0, 1]
+      (1: bound 0, no lower clip; > 1 is refused).
     eps_high: upper clip, ρ ≤ 1 + eps_high (DAPO 0.28; GSPO 4e-4); static Python number ≥ 0.
     level: "token", "sequence" or "sequence_token" (static).
     agg: "token_mean", "seq_mean_token_mean", "seq_mean_token_sum" or
@@ -95,10 +95,10 @@ def ppo_clip(
   check_agg(agg, max_len)
   I.check_python_number("eps_low", eps_low, traced_ok=False)
   I.check_python_number("eps_high", eps_high, traced_ok=False)
-  if eps_low > 1:  # 1 − eps_low < 0: a bound below 0 is no bound, almost surely a typo
+  if eps_low > 1:  # 1 − eps_low < 0: a bound no ratio can cross, i.e. a silent typo
     raise ValueError(
-      f"`eps_low` must be in [0, 1] (the ratio's lower bound 1 - eps_low; 1 = no lower clip), "
-      f"got {eps_low}."
+      f"`eps_low` must be in [0, 1] (1 - eps_low is the ratio's lower bound; 1 turns the lower "
+      f"clip off), got {eps_low}."
     )
   if dual_clip is not None:
     I.check_python_number("dual_clip", dual_clip, traced_ok=False)

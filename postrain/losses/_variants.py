@@ -54,10 +54,10 @@ def cispo(
   I.check_python_number("eps_high", eps_high)
   if eps_low is not None:
     I.check_python_number("eps_low", eps_low)
-    if eps_low >= 1:
+    if eps_low > 1:
       raise ValueError(
-        f"`eps_low` must be None (no lower bound) or in [0, 1), got {eps_low}: the lower bound "
-        "1 - eps_low would not be positive."
+        f"`eps_low` must be None (no lower bound) or in [0, 1], got {eps_low}: the lower bound "
+        "1 - eps_low would be negative."
       )
   logp, old_logp, adv, mask, is_weights, dtype = I.prepare_policy_inputs(
     logp, old_logp, advantages, mask, is_weights

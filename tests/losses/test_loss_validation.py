@@ -42,7 +42,8 @@ PPO_CASES = [
   ({"agg": "seq_mean_token_sum_norm", "max_len": jnp.float32(3)}, TypeError, "max_len"),
   ({"dual_clip": 1.0}, ValueError, "dual_clip"),
   ({"eps_low": -0.1}, ValueError, "eps_low"),
-  # 1 - eps_low <= 0 would silently drop the lower clip (issue 15 item 11).
+  # 1 - eps_low < 0: a bound no ratio can cross (issue 15 item 11; eps_low=1, bound 0, turns the
+  # lower clip off and is allowed, see test_ppo_token_bounds).
   ({"eps_low": 1.5}, ValueError, "eps_low"),
   ({"eps_high": jnp.float32(0.2)}, TypeError, "eps_high"),
 ]
@@ -83,9 +84,9 @@ def test_variants_bad_input(name):
     fn(LP, LP, ADV, M, agg="seq_mean_token_sum_norm")
 
 
-def test_cispo_eps_low_of_one_or_more_is_refused():
+def test_cispo_eps_low_above_one_is_refused():
   with pytest.raises(ValueError, match="`eps_low`"):
-    losses.cispo(LP, LP, ADV, M, eps_high=0.2, eps_low=1.0)
+    losses.cispo(LP, LP, ADV, M, eps_high=0.2, eps_low=1.5)
 
 
 def test_sapo_gmpo_hyperparameters():
