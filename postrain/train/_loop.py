@@ -47,9 +47,13 @@ _LOG = logging.getLogger(__name__)
 def build_model(config: mlc.ConfigDict, vocab_size: int | None, *, seed: int) -> nnx.Module:
   """A decoder from scratch (named config sized to the tokenizer) or from imported weights."""
   src = config.model.source
+  param_dtype = config.model.param_dtype or config.model.dtype
   if src == "scratch":
     overrides = dict(
-      vocab_size=vocab_size, dtype=config.model.dtype, param_dtype=config.model.dtype
+      vocab_size=vocab_size,
+      dtype=config.model.dtype,
+      param_dtype=param_dtype,
+      remat=remat_policy(config),
     )
     overrides.update(config.model.overrides.to_dict())
     cfg = models.get_config(config.model.name, **overrides)
@@ -57,8 +61,16 @@ def build_model(config: mlc.ConfigDict, vocab_size: int | None, *, seed: int) ->
   if not os.path.exists(config.model.path):
     raise FileNotFoundError(f"config.model.path: no such file or directory {config.model.path!r}")
   loader = models.from_gguf if src == "gguf" else models.from_hf_dir
-  _, model = loader(config.model.path, dtype=config.model.dtype)
+  _, model = loader(config.model.path, dtype=config.model.dtype, param_dtype=param_dtype)
+  model.cfg = model.cfg.replace(remat=remat_policy(config))
   return model
+
+
+def remat_policy(config: mlc.ConfigDict) -> str:
+  """`config.model.remat`, with "auto" resolved: "block" for imported models, else "none"."""
+  if config.model.remat != "auto":
+    return config.model.remat
+  return "none" if config.model.source == "scratch" else "block"
 
 
 class Trainer:

@@ -53,7 +53,14 @@ def base_config() -> mlc.ConfigDict:
   c.model.name = "tiny"  # a postrain.models named config (for source="scratch")
   c.model.overrides = mlc.ConfigDict()  # ModelConfig fields replacing the named config's (scratch)
   c.model.path = ""
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute (activation) dtype: "float32" or "bfloat16"
+  # Storage dtype of the weights, and so of the optimiser state; "" = model.dtype. Mixed
+  # precision: dtype="bfloat16", param_dtype="float32" (bf16 matmuls, f32 master weights).
+  c.model.param_dtype = ""
+  # Activation rematerialisation of the decoder blocks in the update (models.REMAT_POLICIES:
+  # "none", "block", "save_dots", "save_dots_no_batch"); "auto": "block" for imported models
+  # (source hf / gguf), "none" from scratch.
+  c.model.remat = "auto"
   c.model.logprob_impl = "chunked"  # "naive", "chunked" or "pallas" (postrain.kernels)
 
   c.optimizer = mlc.ConfigDict()
@@ -177,6 +184,18 @@ def validate(c: mlc.ConfigDict) -> None:
     "model.logprob_impl",
     f"must be naive, chunked or pallas, got {c.model.logprob_impl!r}",
   )
+  need(
+    c.model.dtype in ("float32", "bfloat16"),
+    "model.dtype",
+    f"must be float32 or bfloat16, got {c.model.dtype!r}",
+  )
+  need(
+    c.model.param_dtype in ("", "float32", "bfloat16"),
+    "model.param_dtype",
+    f"must be '', float32 or bfloat16, got {c.model.param_dtype!r}",
+  )
+  remats = ("auto", "none", "block", "save_dots", "save_dots_no_batch")
+  need(c.model.remat in remats, "model.remat", f"must be one of {remats}, got {c.model.remat!r}")
   need(
     c.tokenizer.kind in TOKENIZERS,
     "tokenizer.kind",
