@@ -133,7 +133,12 @@ class Trainer:
     impl = config.model.logprob_impl
     self.sft_update = mesh.shard_update(
       _steps.make_update(
-        functools.partial(_steps.sft_loss, impl=impl), self.sft_tx, self.graphdef, self.rest
+        functools.partial(_steps.sft_loss, impl=impl),
+        self.sft_tx,
+        self.graphdef,
+        self.rest,
+        counts_fn=_steps.sft_counts,
+        microbatch_rows=config.sft.microbatch_rows,
       ),
       p_sh,
       mesh.opt_shardings(self.sft_tx, self.params, p_sh),
@@ -155,7 +160,13 @@ class Trainer:
     )
     self.rl_update = mesh.shard_update(
       _steps.make_update(
-        functools.partial(_steps.rl_loss, spec=self.rl_spec), self.rl_tx, self.graphdef, self.rest
+        functools.partial(_steps.rl_loss, spec=self.rl_spec),
+        self.rl_tx,
+        self.graphdef,
+        self.rest,
+        counts_fn=functools.partial(_steps.rl_counts, spec=self.rl_spec),
+        microbatch_rows=rl.microbatch_rows,
+        group_size=rl.group_size,
       ),
       p_sh,
       mesh.opt_shardings(self.rl_tx, self.params, p_sh),

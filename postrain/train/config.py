@@ -77,6 +77,8 @@ def base_config() -> mlc.ConfigDict:
   c.sft.batch_size = 64
   c.sft.lr = 3e-3
   c.sft.max_len = 128
+  # Rows per micro-batch of an SFT update (gradients accumulated into one optimiser step); 0: all.
+  c.sft.microbatch_rows = 0
   # Share of the training problems demonstrated by the answer line alone, without the working
   # (a mixed-quality SFT corpus; RL then has a better behaviour to select). 0 for none.
   c.sft.terse_fraction = 0.0
@@ -87,6 +89,10 @@ def base_config() -> mlc.ConfigDict:
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
   c.rl.updates_per_batch = 2  # optimiser steps per rollout batch (minibatches), with old log-probs
+  # Rows per micro-batch of an RL / OPD / MOPD update: each minibatch's gradient is accumulated
+  # over micro-batches of whole groups into one optimiser step (same loss, metrics and step as
+  # without; the activations of one micro-batch alive at a time). 0: the whole minibatch at once.
+  c.rl.microbatch_rows = 0
   c.rl.lr = 1e-4
   c.rl.max_new_tokens = 64
   c.rl.cache_size = 192
@@ -233,6 +239,22 @@ def validate(c: mlc.ConfigDict) -> None:
     (batch // c.rl.updates_per_batch) % c.rl.group_size == 0,
     "rl.updates_per_batch",
     "each minibatch must hold whole groups (prompts_per_step must be divisible by updates_per_batch)",
+  )
+  need(c.sft.microbatch_rows >= 0, "sft.microbatch_rows", "must be >= 0 (0: the whole batch)")
+  need(
+    c.sft.microbatch_rows == 0 or c.sft.batch_size % c.sft.microbatch_rows == 0,
+    "sft.microbatch_rows",
+    f"must divide sft.batch_size = {c.sft.batch_size}",
+  )
+  groups = c.rl.prompts_per_step + (c.rl.ftis.prompts_per_step if c.rl.ftis.path else 0)
+  mb_rows = groups * c.rl.group_size // max(c.rl.updates_per_batch, 1)
+  need(c.rl.microbatch_rows >= 0, "rl.microbatch_rows", "must be >= 0 (0: the whole minibatch)")
+  need(
+    c.rl.microbatch_rows == 0
+    or (mb_rows % c.rl.microbatch_rows == 0 and c.rl.microbatch_rows % c.rl.group_size == 0),
+    "rl.microbatch_rows",
+    f"must divide the minibatch's {mb_rows} rows and be a multiple of rl.group_size = "
+    f"{c.rl.group_size} (whole groups)",
   )
   need(
     0 <= c.rl.eps_low < 1 and c.rl.eps_high >= 0,
