@@ -33,6 +33,7 @@ from postrain.train import (
   _distill,
   _ftis,
   _local,
+  _memory,
   _mesh,
   _metrics,
   _rollout,
@@ -190,6 +191,24 @@ class Trainer:
     self.distiller = _distill.Distiller(self) if config.mode in ("opd", "mopd") else None
     # F-TIS: rollouts of another model mixed into the RL batches (postrain/train/_ftis.py).
     self.ftis = _ftis.ForeignRollouts(self) if config.rl.ftis.path else None
+    self.update_memory = self._check_memory() if _memory.should_check(config) else {}
+
+  def _check_memory(self) -> dict[str, _memory.UpdateMemory]:
+    """Prints the compiler's memory plan of the SFT and RL updates at their largest batch and
+    refuses (MemoryError naming the keys to lower) one that does not fit the device."""
+    cfg, out = self.config, {}
+    log = print if self.mesh.is_primary else (lambda *_: None)
+    kw = dict(limit_gb=cfg.memory.limit_gb, log=log)
+    if self.sft_steps:
+      opt = jax.eval_shape(self.sft_tx.init, self.params)
+      lowered = self.sft_update.lower(self.params, opt, _memory.abstract_sft_batch(cfg))
+      out["sft"] = _memory.check_update_memory("sft", lowered, **kw)
+    if self.rl_steps and cfg.mode == "rl":
+      opt = jax.eval_shape(self.rl_tx.init, self.params)
+      margin = jax.ShapeDtypeStruct((), jnp.float32)
+      lowered = self.rl_update.lower(self.params, opt, _memory.abstract_rl_batch(cfg), margin)
+      out["rl"] = _memory.check_update_memory("rl", lowered, **kw)
+    return out
 
   # -- state -----------------------------------------------------------------------------------
 

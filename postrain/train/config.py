@@ -148,6 +148,11 @@ def base_config() -> mlc.ConfigDict:
   c.eval.k = 4  # pass@k from k samples per problem
   c.eval.max_new_tokens = 64
 
+  # The compiler's memory plan of the updates, printed at startup; a config whose update cannot
+  # fit is refused (naming rl.microbatch_rows / model.remat). check: "auto" (imported models),
+  # "on" or "off"; limit_gb: 0 = the device's memory (CPU: physical RAM).
+  c.memory = mlc.ConfigDict(dict(check="auto", limit_gb=0.0))
+
   c.checkpoint = mlc.ConfigDict()
   c.checkpoint.every = 50
   c.checkpoint.keep = 3
@@ -202,6 +207,12 @@ def validate(c: mlc.ConfigDict) -> None:
   )
   remats = ("auto", "none", "block", "save_dots", "save_dots_no_batch")
   need(c.model.remat in remats, "model.remat", f"must be one of {remats}, got {c.model.remat!r}")
+  need(
+    c.memory.check in ("auto", "on", "off"),
+    "memory.check",
+    f"must be auto, on or off, got {c.memory.check!r}",
+  )
+  need(c.memory.limit_gb >= 0, "memory.limit_gb", "must be >= 0 (0: the device's memory)")
   need(
     c.tokenizer.kind in TOKENIZERS,
     "tokenizer.kind",
