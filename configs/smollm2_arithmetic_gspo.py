@@ -31,7 +31,11 @@ def get_config(arg: str | None = None):
 
   c.model.source = "gguf"
   c.model.path = _gguf_path()
-  c.model.dtype = "bfloat16"
+  c.model.dtype = "bfloat16"  # compute; master weights and AdamW state in float32
+  c.model.param_dtype = "float32"
+  # Memory (README "Real models: memory"): each 64-row minibatch in micro-batches of 8 rows with
+  # full-block recompute; the startup check prints the update's plan.
+  c.model.remat = "block"
   c.model.logprob_impl = "chunked"
   c.tokenizer.kind = "gguf"
   c.tokenizer.chat_template = "smollm2"
@@ -42,6 +46,7 @@ def get_config(arg: str | None = None):
   c.rl.prompts_per_step = 32
   c.rl.group_size = 8
   c.rl.updates_per_batch = 4
+  c.rl.microbatch_rows = 8
   c.rl.lr = 1e-6
   c.optimizer.warmup_steps = 20
   c.rl.max_new_tokens = 256
@@ -54,6 +59,7 @@ def get_config(arg: str | None = None):
 
   if arg.scale == "smoke":  # two RL steps on a CPU: loading, sampling, scoring and the update
     c.model.dtype = "float32"
+    c.rl.microbatch_rows = 0  # 2 rows per minibatch
     c.task.num_train, c.task.num_eval = 16, 2
     c.rl.steps, c.rl.prompts_per_step, c.rl.group_size, c.rl.updates_per_batch = 2, 1, 2, 1
     c.rl.max_new_tokens, c.rl.cache_size = 8, 128
