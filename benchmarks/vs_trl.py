@@ -126,7 +126,7 @@ def trl_worker(args) -> None:
   b = args.prompts * args.group
   cfg = GRPOConfig(
     output_dir=tempfile.mkdtemp(), per_device_train_batch_size=b, gradient_accumulation_steps=1,
-    num_generations=args.group, generation_batch_size=b, steps_per_generation=1,
+    num_generations=args.group, steps_per_generation=1,
     num_iterations=1, max_completion_length=args.new_tokens, temperature=1.0, beta=0.0,
     importance_sampling_level="sequence", learning_rate=1e-6, max_steps=args.steps + 1,
     logging_steps=1, report_to="none", use_cpu=True, bf16=False, save_strategy="no",
