@@ -58,7 +58,11 @@ def get_config(arg: str | None = None):
 
   c.model.source = "gguf"
   c.model.path = _gguf_path()
-  c.model.dtype = "bfloat16"
+  c.model.dtype = "bfloat16"  # compute; master weights and AdamW state in float32
+  c.model.param_dtype = "float32"
+  # Memory (README "Real models: memory"): each 64-row minibatch in micro-batches of 8 rows with
+  # full-block recompute; the startup check prints the update's plan.
+  c.model.remat = "block"
   c.model.logprob_impl = "chunked"
   c.tokenizer.kind = "gguf"
   c.tokenizer.chat_template = "smollm2"
@@ -69,6 +73,7 @@ def get_config(arg: str | None = None):
   c.rl.prompts_per_step = 32
   c.rl.group_size = 8
   c.rl.updates_per_batch = 4
+  c.rl.microbatch_rows = 8
   c.rl.lr = 1e-6
   c.optimizer.warmup_steps = 20
   c.rl.max_new_tokens = 256
@@ -85,9 +90,9 @@ def get_config(arg: str | None = None):
     # The question space is small (~200 questions): all 40 held-out ones, 128 for training.
     c.task.num_train, c.task.num_eval = 128, 40
     c.rl.steps, c.rl.prompts_per_step, c.rl.group_size = 12, 4, 8
-    # 8 rows per optimiser step: without micro-batching a 32-row update of this model does not
-    # fit 24 GB. With `rl.microbatch_rows` (issue 13, part 1) use updates_per_batch=1 and
-    # microbatch_rows=8 instead.
+    # The measured recipe: 4 optimiser steps of 8 rows per batch (docs/experiments.md). One
+    # optimiser step over all 32 rows fits too (`--config.rl.updates_per_batch=1`: micro-batches
+    # of rl.microbatch_rows=8 accumulate into it).
     c.rl.updates_per_batch = 4
     c.rl.lr = 2e-5
     c.optimizer.warmup_steps = 2

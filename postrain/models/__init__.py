@@ -10,7 +10,13 @@ logp = models.logprobs(model, tokens, mask)
 
 from postrain.models import tokenizers
 from postrain.models._cache import KVCache, init_cache
-from postrain.models._config import ModelConfig, RopeScaling, config_names, get_config
+from postrain.models._config import (
+  REMAT_POLICIES,
+  ModelConfig,
+  RopeScaling,
+  config_names,
+  get_config,
+)
 from postrain.models._decoder import Decoder
 from postrain.models._forward import forward
 from postrain.models._gguf import from_gguf, smollm2_gguf_path
@@ -19,6 +25,7 @@ from postrain.models._hf import config_from_hf, config_to_hf, from_hf_dir, save_
 from postrain.models._logprobs import logprobs, positions_from_valid, token_logprobs_from_hidden
 
 __all__ = [
+  "REMAT_POLICIES",
   "Decoder",
   "KVCache",
   "ModelConfig",

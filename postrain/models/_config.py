@@ -9,6 +9,15 @@ import jax.numpy as jnp
 
 FAMILIES = ("llama", "qwen3")
 DTYPES = ("float32", "bfloat16")
+# Activation rematerialisation of the decoder blocks in a training forward pass (`Decoder`):
+#   "none"       keep every block's activations for the backward pass (fastest, most memory);
+#   "block"      keep only each block's input, recompute the block in the backward pass
+#                (`jax.checkpoint` with `nothing_saveable`; memory ~ one block's activations);
+#   "save_dots"  keep the matmul outputs, recompute the rest (`dots_saveable`: norms, RoPE,
+#                softmax, SwiGLU's elementwise work);
+#   "save_dots_no_batch"  keep the weight matmuls' outputs, recompute the attention scores
+#                (`dots_with_no_batch_dims_saveable`, MaxText's "minimal").
+REMAT_POLICIES = ("none", "block", "save_dots", "save_dots_no_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +43,8 @@ class ModelConfig:
   Llama 2/3 and SmolLM2. `dtype` is the activation dtype, `param_dtype` the storage dtype of the
   weights; norms, softmax and the logits are computed in float32 whatever they are.
   `attention_block` is the number of cache slots per step of the cached-attention loop (a speed
-  knob, not part of the architecture).
+  knob, not part of the architecture). `remat` (one of `REMAT_POLICIES`) chooses what a training
+  forward pass keeps for the backward pass (a memory knob; decoding with a cache never remats).
   """
 
   vocab_size: int
@@ -56,6 +66,7 @@ class ModelConfig:
   eos_token_id: int = -1
   pad_token_id: int = -1
   attention_block: int = 128
+  remat: str = "none"
 
   def __post_init__(self):
     # Accept jnp dtypes as well as names, store names: the config stays hashable and printable.
@@ -85,6 +96,10 @@ class ModelConfig:
       )
     if self.attention_block < 1:
       raise ValueError(f"ModelConfig.attention_block must be >= 1, got {self.attention_block}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"ModelConfig.remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}."
+      )
     if self.rope_theta <= 0 or self.norm_eps <= 0:
       raise ValueError("ModelConfig.rope_theta and norm_eps must be > 0.")
 

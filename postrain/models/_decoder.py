@@ -31,6 +31,34 @@ def _concrete_int(x) -> int | None:
     return None
 
 
+_REMAT_POLICIES = {
+  "block": jax.checkpoint_policies.nothing_saveable,
+  "save_dots": jax.checkpoint_policies.dots_saveable,
+  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _remat_blocks(layers, x, positions, valid, policy: str):
+  """The blocks (no cache) as one `jax.lax.scan` over their stacked parameters, each step under
+  `jax.checkpoint` with the named policy (`REMAT_POLICIES`): the backward pass recomputes what
+  the policy does not save, one block at a time.
+
+  A scan, not a checkpoint per unrolled block: XLA:CPU's scheduler ran the recomputations of
+  unrolled checkpointed blocks up front and the peak did not fall (with an `optimization_barrier`
+  on the cotangent too); the loop forces one block's recomputation at a time. The stacking copies
+  the blocks' parameters once per call (their gradient comes back stacked and is split again).
+  """
+  graphdef = nnx.graphdef(layers[0])
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
+
+  def body(x, state):
+    y = nnx.merge(graphdef, state)(x, positions, valid, None, 0)[0]
+    return constrain(y, _RESIDUAL), None
+
+  body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
+  return jax.lax.scan(body, x, stacked)[0]
+
+
 class Decoder(nnx.Module):
   """Decoder-only transformer for the Llama (incl. SmolLM2) and Qwen3 families.
 
@@ -98,6 +126,8 @@ class Decoder(nnx.Module):
 
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
     x = constrain(x, _RESIDUAL)
+    if layer_cache is None and cfg.remat != "none":
+      return self.final_norm(_remat_blocks(self.layers, x, positions, valid, cfg.remat)), None
     for i, layer in enumerate(self.layers):
       x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
       x = constrain(x, _RESIDUAL)

@@ -29,6 +29,7 @@ and prepares only its share of the groups, and one teacher pass scores the globa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -147,12 +148,29 @@ def _gather(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.
   return losses.topk_logprobs(logits, ids[..., None], temperature=temperature)[..., 0]
 
 
-def distill_loss(params, graphdef, rest, batch: dict[str, jax.Array], spec: DistillSpec):
+def distill_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The normalisers of `distill_loss`: the tokens and the non-empty rows of `mask`."""
+  row = jnp.sum(batch["mask"].astype(jnp.float32), axis=-1)
+  return {"tokens": jnp.sum(row), "rows": jnp.sum((row > 0).astype(jnp.float32))}
+
+
+def distill_loss(
+  params,
+  graphdef,
+  rest,
+  batch: dict[str, jax.Array],
+  spec: DistillSpec,
+  totals: dict[str, jax.Array] | None = None,
+):
   """Per-token distillation loss of one minibatch.
 
   batch: tokens i32[B, T], valid bool[B, T], targets i32[B, R] (the response tokens), mask
   f32[B, R], weights f32[B, R] (release × sample mask, constant), old_logp f32[B, R], and either
   teacher_logits f32[B, R, V] or (loss "pg") teacher_logp f32[B, R].
+
+  totals: `distill_counts` of the whole minibatch when `batch` is one of its micro-batches: the
+  loss (normalised by the mask's tokens or rows, as `spec.agg` says) and the aux token means are
+  then this micro-batch's share (`postrain/train/_steps.py`).
   """
   model = nnx.merge(graphdef, params, rest)
   resp_len = batch["targets"].shape[1]
@@ -187,6 +205,15 @@ def distill_loss(params, graphdef, rest, batch: dict[str, jax.Array], spec: Dist
     kl = losses.full_vocab_divergence(logits, batch["teacher_logits"], alpha=1.0)
     aux["reverse_kl"] = losses.aggregate(jax.lax.stop_gradient(kl), mask, agg="token_mean")
   aux.pop("num_tokens", None)
+  if totals is not None:
+    counts = distill_counts(batch)
+
+    def scale(value, kind):
+      return value * (jnp.maximum(counts[kind], 1.0) / jnp.maximum(totals[kind], 1.0))
+
+    loss = scale(loss, "tokens" if spec.agg == "token_mean" else "rows")
+    aux = {k: scale(v, "tokens") for k, v in aux.items() if k != "loss"}
+    aux["loss"] = loss
   return loss, aux
 
 
@@ -276,10 +303,13 @@ class Distiller:
     p_sh = trainer.param_shardings
     self.update = trainer.mesh.shard_update(
       _steps.make_update(
-        lambda p, g, r, b: distill_loss(p, g, r, b, self.spec),
+        functools.partial(distill_loss, spec=self.spec),
         trainer.rl_tx,
         trainer.graphdef,
         trainer.rest,
+        counts_fn=distill_counts,
+        microbatch_rows=cfg.rl.microbatch_rows,
+        group_size=cfg.rl.group_size,
       ),
       p_sh,
       trainer.mesh.opt_shardings(trainer.rl_tx, trainer.params, p_sh),

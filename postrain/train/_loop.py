@@ -33,6 +33,7 @@ from postrain.train import (
   _distill,
   _ftis,
   _local,
+  _memory,
   _mesh,
   _metrics,
   _rollout,
@@ -48,9 +49,13 @@ _LOG = logging.getLogger(__name__)
 def build_model(config: mlc.ConfigDict, vocab_size: int | None, *, seed: int) -> nnx.Module:
   """A decoder from scratch (named config sized to the tokenizer) or from imported weights."""
   src = config.model.source
+  param_dtype = config.model.param_dtype or config.model.dtype
   if src == "scratch":
     overrides = dict(
-      vocab_size=vocab_size, dtype=config.model.dtype, param_dtype=config.model.dtype
+      vocab_size=vocab_size,
+      dtype=config.model.dtype,
+      param_dtype=param_dtype,
+      remat=remat_policy(config),
     )
     overrides.update(config.model.overrides.to_dict())
     cfg = models.get_config(config.model.name, **overrides)
@@ -58,8 +63,16 @@ def build_model(config: mlc.ConfigDict, vocab_size: int | None, *, seed: int) ->
   if not os.path.exists(config.model.path):
     raise FileNotFoundError(f"config.model.path: no such file or directory {config.model.path!r}")
   loader = models.from_gguf if src == "gguf" else models.from_hf_dir
-  _, model = loader(config.model.path, dtype=config.model.dtype)
+  _, model = loader(config.model.path, dtype=config.model.dtype, param_dtype=param_dtype)
+  model.cfg = model.cfg.replace(remat=remat_policy(config))
   return model
+
+
+def remat_policy(config: mlc.ConfigDict) -> str:
+  """`config.model.remat`, with "auto" resolved: "block" for imported models, else "none"."""
+  if config.model.remat != "auto":
+    return config.model.remat
+  return "none" if config.model.source == "scratch" else "block"
 
 
 class Trainer:
@@ -124,7 +137,12 @@ class Trainer:
     impl = config.model.logprob_impl
     self.sft_update = mesh.shard_update(
       _steps.make_update(
-        functools.partial(_steps.sft_loss, impl=impl), self.sft_tx, self.graphdef, self.rest
+        functools.partial(_steps.sft_loss, impl=impl),
+        self.sft_tx,
+        self.graphdef,
+        self.rest,
+        counts_fn=_steps.sft_counts,
+        microbatch_rows=config.sft.microbatch_rows,
       ),
       p_sh,
       mesh.opt_shardings(self.sft_tx, self.params, p_sh),
@@ -147,7 +165,13 @@ class Trainer:
     )
     self.rl_update = mesh.shard_update(
       _steps.make_update(
-        functools.partial(_steps.rl_loss, spec=self.rl_spec), self.rl_tx, self.graphdef, self.rest
+        functools.partial(_steps.rl_loss, spec=self.rl_spec),
+        self.rl_tx,
+        self.graphdef,
+        self.rest,
+        counts_fn=functools.partial(_steps.rl_counts, spec=self.rl_spec),
+        microbatch_rows=rl.microbatch_rows,
+        group_size=rl.group_size,
       ),
       p_sh,
       mesh.opt_shardings(self.rl_tx, self.params, p_sh),
@@ -171,6 +195,24 @@ class Trainer:
     self.distiller = _distill.Distiller(self) if config.mode in ("opd", "mopd") else None
     # F-TIS: rollouts of another model mixed into the RL batches (postrain/train/_ftis.py).
     self.ftis = _ftis.ForeignRollouts(self) if config.rl.ftis.path else None
+    self.update_memory = self._check_memory() if _memory.should_check(config) else {}
+
+  def _check_memory(self) -> dict[str, _memory.UpdateMemory]:
+    """Prints the compiler's memory plan of the SFT and RL updates at their largest batch and
+    refuses (MemoryError naming the keys to lower) one that does not fit the device."""
+    cfg, out = self.config, {}
+    log = print if self.mesh.is_primary else (lambda *_: None)
+    kw = dict(limit_gb=cfg.memory.limit_gb, log=log)
+    if self.sft_steps:
+      opt = jax.eval_shape(self.sft_tx.init, self.params)
+      lowered = self.sft_update.lower(self.params, opt, _memory.abstract_sft_batch(cfg))
+      out["sft"] = _memory.check_update_memory("sft", lowered, **kw)
+    if self.rl_steps and cfg.mode == "rl":
+      opt = jax.eval_shape(self.rl_tx.init, self.params)
+      margin = jax.ShapeDtypeStruct((), jnp.float32)
+      lowered = self.rl_update.lower(self.params, opt, _memory.abstract_rl_batch(cfg), margin)
+      out["rl"] = _memory.check_update_memory("rl", lowered, **kw)
+    return out
 
   # -- state -----------------------------------------------------------------------------------
 

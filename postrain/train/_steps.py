@@ -2,6 +2,15 @@
 
 Model parameters are handled functionally: `nnx.split(model, nnx.Param, ...)` gives a graphdef and
 a pure parameter pytree that optax updates; the steps merge them back inside the jit.
+
+Micro-batches (`make_update(..., microbatch_rows=)`): one optimiser step over a minibatch whose
+gradient is accumulated over row blocks in a `jax.lax.scan` (one compile, the activations of one
+block alive at a time). Every loss here is a sum of terms `value = S / max(N, 1)` whose normaliser
+N is a count of the batch (tokens, rows with tokens, groups, positives, ...), never a function of
+the parameters. `*_counts(batch)` gives those counts; the loss of a micro-batch called with the
+minibatch's `totals` scales each term by `max(n, 1) / max(N, 1)` (n: the micro-batch's count), so
+the terms sum over the micro-batches to S / max(N, 1) of the whole minibatch: the loss, its
+gradient and every aux metric equal the unsplit ones (up to float32 summation order).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -71,7 +81,42 @@ def _forward_logp(graphdef, params, rest, batch, impl):
   )
 
 
-def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Array, spec: RLSpec):
+def _mask_counts(mask: jax.Array, prefix: str) -> dict[str, jax.Array]:
+  """{prefix_tokens: Σ mask, prefix_rows: #rows with Σ_t mask > 0} (float32 scalars)."""
+  row = jnp.sum(mask.astype(jnp.float32), axis=-1)
+  return {
+    f"{prefix}_tokens": jnp.sum(row),
+    f"{prefix}_rows": jnp.sum((row > 0).astype(jnp.float32)),
+  }
+
+
+def rl_counts(batch: dict[str, jax.Array], spec: RLSpec) -> dict[str, jax.Array]:
+  """The normalisers of every term of `rl_loss` on `batch` (see the module docstring): tokens and
+  non-empty rows of `loss_mask` (w) and `mask` (m), plus the algorithm's own counts
+  (`algorithms.Algorithm.counts`, e.g. ConSPO's groups, positives and negatives)."""
+  out = {**_mask_counts(batch["loss_mask"], "w"), **_mask_counts(batch["mask"], "m")}
+  return {**out, **algorithms.counts(batch, spec)}
+
+
+def _scaler(batch_counts, totals):
+  """value -> value · max(n, 1) / max(N, 1) for a term normalised by count `kind` (identity
+  without `totals`: the unsplit loss is computed exactly as before)."""
+  if totals is None:
+    return lambda value, kind: value
+  return lambda value, kind: (
+    value * (jnp.maximum(batch_counts[kind], 1.0) / jnp.maximum(totals[kind], 1.0))
+  )
+
+
+def rl_loss(
+  params,
+  graphdef,
+  rest,
+  batch: dict[str, jax.Array],
+  margin: jax.Array,
+  spec: RLSpec,
+  totals: dict[str, jax.Array] | None = None,
+):
   """The policy loss of `spec.algorithm` (`algorithms.REGISTRY`) on one minibatch, plus KL and
   entropy terms.
 
@@ -79,18 +124,25 @@ def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Arr
   (mask times any token weighting, e.g. the temporal window), old_logp f32[B, T], advantages
   f32[B] or f32[B, T], rewards f32[B], ref_logp f32[B, T] when `spec.kl_coef > 0`, and optional
   is_weights f32[B, T] (F-TIS, ppo_clip algorithms).
+
+  totals: `rl_counts` of the whole minibatch when `batch` is one of its micro-batches (whole
+  groups): each term is then this micro-batch's share of the minibatch's term.
   """
   logp, entropy = _forward_logp(graphdef, params, rest, batch, spec.logprob_impl)
+  scale = _scaler(rl_counts(batch, spec) if totals is not None else None, totals)
   loss, aux = algorithms.policy_loss(logp, batch, spec, margin)  # the registry's loss
-  aux = dict(aux)
+  loss_kind, aux_kinds = algorithms.normalisers(spec)
+  loss = scale(loss, loss_kind)
+  aux = {k: scale(v, aux_kinds.get(k, "w_tokens")) for k, v in aux.items()}
   mask = batch["mask"]
   if spec.kl_coef > 0:
     kl = losses.aggregate(
       losses.kl_penalty(logp, batch["ref_logp"], mask, kind=spec.kl_kind), mask, agg="token_mean"
     )
+    kl = scale(kl, "m_tokens")
     loss = loss + spec.kl_coef * kl
     aux["kl_ref"] = kl
-  mean_entropy = losses.aggregate(entropy, mask, agg="token_mean")
+  mean_entropy = scale(losses.aggregate(entropy, mask, agg="token_mean"), "m_tokens")
   if spec.entropy_coef > 0:
     loss = loss - spec.entropy_coef * mean_entropy
   aux["entropy"] = mean_entropy
@@ -98,23 +150,114 @@ def rl_loss(params, graphdef, rest, batch: dict[str, jax.Array], margin: jax.Arr
   return loss, aux
 
 
-def sft_loss(params, graphdef, rest, batch: dict[str, jax.Array], impl: str):
-  """Token-mean cross-entropy on the reference-solution tokens (batch: tokens, valid, loss_mask)."""
+def sft_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The normaliser of `sft_loss`: the tokens of `loss_mask`."""
+  return _mask_counts(batch["loss_mask"], "w")
+
+
+def sft_loss(
+  params,
+  graphdef,
+  rest,
+  batch: dict[str, jax.Array],
+  impl: str,
+  totals: dict[str, jax.Array] | None = None,
+):
+  """Token-mean cross-entropy on the reference-solution tokens (batch: tokens, valid, loss_mask);
+  `totals`: `sft_counts` of the whole minibatch when `batch` is one of its micro-batches."""
   model = nnx.merge(graphdef, params, rest)
   logp = models.logprobs(
     model, batch["tokens"], batch["loss_mask"], valid=batch["valid"], impl=impl
   )
   nll = losses.aggregate(-logp, batch["loss_mask"], agg="token_mean")
+  nll = _scaler(sft_counts(batch) if totals is not None else None, totals)(nll, "w_tokens")
   return nll, {"loss": nll}
 
 
-def make_update(loss_fn: Callable[..., Any], tx: optax.GradientTransformation, graphdef, rest):
-  """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`."""
+def _micro_split(x: jax.Array, num: int, group_size: int) -> jax.Array:
+  """[B, ...] -> [num, B // num, ...]: micro-batch j holds the groups j, j + num, j + 2 num, ...
+  (whole groups, contiguous inside; strided over the batch, so a batch split over devices in
+  contiguous blocks stays split evenly in every micro-batch)."""
+  groups = x.shape[0] // group_size
+  x = x.reshape(groups // num, num, group_size, *x.shape[1:])
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape(num, (groups // num) * group_size, *x.shape[3:])
+
+
+def accumulated_grads(
+  loss_fn: Callable[..., Any],
+  params,
+  graphdef,
+  rest,
+  batch,
+  *extra,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+):
+  """(grads, aux) of `loss_fn` on `batch`, in micro-batches of `microbatch_rows` rows (0 or >= the
+  batch: one pass) whose gradients and aux are summed in a `lax.scan` (float32 accumulators).
+
+  With micro-batches `loss_fn` is called with `totals=counts_fn(batch)` (see the module
+  docstring), so the sum equals the gradient and aux of the whole batch.
+  """
+  rows = jax.tree.leaves(batch)[0].shape[0]
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if not microbatch_rows or microbatch_rows >= rows:
+    return grad_fn(params, graphdef, rest, batch, *extra)
+  if counts_fn is None:
+    raise ValueError("micro-batches need the loss's counts_fn (its normalisers).")
+  if rows % microbatch_rows or microbatch_rows % group_size:
+    raise ValueError(
+      f"microbatch_rows={microbatch_rows} must divide the minibatch's {rows} rows and be a "
+      f"multiple of the group size {group_size} (groups are never split)."
+    )
+  num = rows // microbatch_rows
+  totals = counts_fn(batch)
+  micro = jax.tree.map(lambda x: _micro_split(x, num, group_size), batch)
+
+  def one(mb):
+    return grad_fn(params, graphdef, rest, mb, *extra, totals=totals)
+
+  def body(acc, mb):
+    out = one(mb)
+    return jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, out), None
+
+  shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro))
+  acc_dtype = lambda d: jnp.promote_types(d, jnp.float32)  # noqa: E731
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s.dtype)), shapes)
+  (grads, aux), _ = jax.lax.scan(body, zeros, micro)
+  grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[0])
+  return grads, aux
+
+
+def make_update(
+  loss_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  graphdef,
+  rest,
+  *,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+):
+  """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
+  optimiser step on the batch, its gradient accumulated over micro-batches of `microbatch_rows`
+  rows when that is set (`accumulated_grads`)."""
 
   @jax.jit
   def update(params, opt_state, batch, *extra):
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-    grads, aux = grad_fn(params, graphdef, rest, batch, *extra)
+    grads, aux = accumulated_grads(
+      loss_fn,
+      params,
+      graphdef,
+      rest,
+      batch,
+      *extra,
+      counts_fn=counts_fn,
+      microbatch_rows=microbatch_rows,
+      group_size=group_size,
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     aux = dict(aux, grad_norm=optax.tree.norm(grads))

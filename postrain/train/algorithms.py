@@ -10,11 +10,18 @@ An entry (`Algorithm`) names
     hyperparameters reach the loss as `spec.loss_kwargs`);
   * `check`: `check(config, need)` raising through `need(ok, key, message)` on values the
     algorithm cannot run with;
-  * `is_weights`: whether the loss takes F-TIS per-token importance weights.
+  * `is_weights`: whether the loss takes F-TIS per-token importance weights;
+  * `normalisers`: `normalisers(spec) -> (loss_count, {aux_key: count})`, the batch count each
+    term is a mean over (micro-batched updates scale each micro-batch's terms by its share of the
+    minibatch's counts, `_steps.py`). Default (`agg_normalisers`): `rl.agg`'s count, loss-mask
+    tokens for "token_mean" and rows with tokens otherwise, and every aux a loss-mask token mean;
+  * `counts`: `counts(batch, spec) -> {name: f32[]}`, counts of its own beyond the token and row
+    counts (ConSPO's groups, positives and negatives).
 
 `config.rl.algorithm` is a registry name or `"package.module:function"`, a user's loss with the
 array signature of `losses.ppo_clip`: `fn(logp, old_logp, advantages, mask, **config.rl.loss_kwargs)
--> (loss, aux)`; its aux keys appear in the metrics. `config.rl.advantage` chooses the advantage
+-> (loss, aux)`; its aux keys appear in the metrics. With `rl.microbatch_rows`, a user's loss is
+taken to normalise as `rl.agg` says (see `agg_normalisers`), its aux as loss-mask token means. `config.rl.advantage` chooses the advantage
 estimator of the plain RL batch (`ADVANTAGES`).
 
 Adding a built-in loss: write the function in `postrain.losses`, register it here, test it
@@ -29,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from postrain import advantages as advantages_lib
 from postrain import losses
@@ -42,6 +50,14 @@ class Algorithm:
   section: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   check: Callable[[Any, Callable[[bool, str, str], None]], None] | None = None
   is_weights: bool = True
+  normalisers: Callable[[Any], tuple[str, dict[str, str]]] | None = None
+  counts: Callable[[dict[str, jax.Array], Any], dict[str, jax.Array]] | None = None
+
+
+def agg_normalisers(spec: Any) -> tuple[str, dict[str, str]]:
+  """The default: the loss is a mean over loss-mask tokens ("token_mean") or over rows with
+  tokens (the other aggregations); every aux metric a loss-mask token mean."""
+  return ("w_tokens" if spec.agg == "token_mean" else "w_rows"), {}
 
 
 def _ppo(level: str):
@@ -80,6 +96,10 @@ def _cispo(logp, batch, spec, margin):
   )
 
 
+# ConSPO's positive threshold on the rewards (`losses.conspo`'s default).
+_CONSPO_POS_THRESHOLD = 0.5
+
+
 def _conspo(logp, batch, spec, margin):
   return losses.conspo(
     logp,
@@ -88,7 +108,30 @@ def _conspo(logp, batch, spec, margin):
     group_size=spec.group_size,
     tau=spec.conspo_tau,
     margin=margin,
+    pos_threshold=_CONSPO_POS_THRESHOLD,
   )
+
+
+def _conspo_counts(batch, spec):
+  """Groups, groups with both positives and negatives, positives and negatives (rows with
+  tokens), the normalisers of `losses.conspo`'s loss and aux."""
+  f32 = jnp.float32
+  has = jnp.sum(batch["loss_mask"].astype(f32), axis=-1) > 0
+  pos = has & (batch["rewards"] > _CONSPO_POS_THRESHOLD)
+  neg = has & ~(batch["rewards"] > _CONSPO_POS_THRESHOLD)
+  n_pos = jnp.sum(pos.reshape(-1, spec.group_size), axis=-1)
+  n_neg = jnp.sum(neg.reshape(-1, spec.group_size), axis=-1)
+  return dict(
+    groups=jnp.asarray(n_pos.shape[0], f32),
+    valid_groups=jnp.sum(((n_pos > 0) & (n_neg > 0)).astype(f32)),
+    pos=jnp.sum(pos.astype(f32)),
+    neg=jnp.sum(neg.astype(f32)),
+  )
+
+
+def _conspo_normalisers(spec):
+  del spec
+  return "valid_groups", {"contrast_frac": "groups", "pos_score": "pos", "neg_score": "neg"}
 
 
 def _sapo(logp, batch, spec, margin):
@@ -171,6 +214,8 @@ REGISTRY: dict[str, Algorithm] = {
       _conspo,
       dict(conspo_tau=10.0, conspo_margin=0.01, conspo_margin_warmup=0.3),
       is_weights=False,
+      normalisers=_conspo_normalisers,
+      counts=_conspo_counts,
     ),
     # SCRL (arXiv 2605.22074): token-level PPO on span advantages, one token normaliser.
     Algorithm(
@@ -253,6 +298,17 @@ def get(name: str) -> Algorithm:
 def policy_loss(logp: jax.Array, batch: dict[str, jax.Array], spec: Any, margin: jax.Array):
   """The policy loss of `spec.algorithm` (the registry lookup `_steps.rl_loss` calls)."""
   return get(spec.algorithm).loss(logp, batch, spec, margin)
+
+
+def normalisers(spec: Any) -> tuple[str, dict[str, str]]:
+  """`spec.algorithm`'s normalising counts (`Algorithm.normalisers`; `agg_normalisers` if none)."""
+  return (get(spec.algorithm).normalisers or agg_normalisers)(spec)
+
+
+def counts(batch: dict[str, jax.Array], spec: Any) -> dict[str, jax.Array]:
+  """`spec.algorithm`'s own counts of `batch` (`Algorithm.counts`; none by default)."""
+  fn = get(spec.algorithm).counts
+  return {} if fn is None else fn(batch, spec)
 
 
 def loss_kwargs(rl: Any) -> tuple[tuple[str, Any], ...]:

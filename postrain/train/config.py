@@ -66,7 +66,14 @@ def base_config() -> mlc.ConfigDict:
   c.model.name = "tiny"  # a postrain.models named config (for source="scratch")
   c.model.overrides = mlc.ConfigDict()  # ModelConfig fields replacing the named config's (scratch)
   c.model.path = ""
-  c.model.dtype = "float32"
+  c.model.dtype = "float32"  # compute (activation) dtype: "float32" or "bfloat16"
+  # Storage dtype of the weights, and so of the optimiser state; "" = model.dtype. Mixed
+  # precision: dtype="bfloat16", param_dtype="float32" (bf16 matmuls, f32 master weights).
+  c.model.param_dtype = ""
+  # Activation rematerialisation of the decoder blocks in the update (models.REMAT_POLICIES:
+  # "none", "block", "save_dots", "save_dots_no_batch"); "auto": "block" for imported models
+  # (source hf / gguf), "none" from scratch.
+  c.model.remat = "auto"
   c.model.logprob_impl = "chunked"  # "naive", "chunked" or "pallas" (postrain.kernels)
 
   c.optimizer = mlc.ConfigDict()
@@ -83,6 +90,8 @@ def base_config() -> mlc.ConfigDict:
   c.sft.batch_size = 64
   c.sft.lr = 3e-3
   c.sft.max_len = 128
+  # Rows per micro-batch of an SFT update (gradients accumulated into one optimiser step); 0: all.
+  c.sft.microbatch_rows = 0
   # Share of the training problems demonstrated by the answer line alone, without the working
   # (a mixed-quality SFT corpus; RL then has a better behaviour to select). 0 for none.
   c.sft.terse_fraction = 0.0
@@ -95,6 +104,10 @@ def base_config() -> mlc.ConfigDict:
   c.rl.prompts_per_step = 16
   c.rl.group_size = 8
   c.rl.updates_per_batch = 2  # optimiser steps per rollout batch (minibatches), with old log-probs
+  # Rows per micro-batch of an RL / OPD / MOPD update: each minibatch's gradient is accumulated
+  # over micro-batches of whole groups into one optimiser step (same loss, metrics and step as
+  # without; the activations of one micro-batch alive at a time). 0: the whole minibatch at once.
+  c.rl.microbatch_rows = 0
   c.rl.lr = 1e-4
   c.rl.max_new_tokens = 64
   c.rl.cache_size = 192
@@ -151,6 +164,11 @@ def base_config() -> mlc.ConfigDict:
   c.eval.k = 4  # pass@k from k samples per problem
   c.eval.max_new_tokens = 64
 
+  # The compiler's memory plan of the updates, printed at startup; a config whose update cannot
+  # fit is refused (naming rl.microbatch_rows / model.remat). check: "auto" (imported models),
+  # "on" or "off"; limit_gb: 0 = the device's memory (CPU: physical RAM).
+  c.memory = mlc.ConfigDict(dict(check="auto", limit_gb=0.0))
+
   c.checkpoint = mlc.ConfigDict()
   c.checkpoint.every = 50
   c.checkpoint.keep = 3
@@ -197,6 +215,24 @@ def validate(c: mlc.ConfigDict) -> None:
     f"must be naive, chunked or pallas, got {c.model.logprob_impl!r}",
   )
   need(
+    c.model.dtype in ("float32", "bfloat16"),
+    "model.dtype",
+    f"must be float32 or bfloat16, got {c.model.dtype!r}",
+  )
+  need(
+    c.model.param_dtype in ("", "float32", "bfloat16"),
+    "model.param_dtype",
+    f"must be '', float32 or bfloat16, got {c.model.param_dtype!r}",
+  )
+  remats = ("auto", "none", "block", "save_dots", "save_dots_no_batch")
+  need(c.model.remat in remats, "model.remat", f"must be one of {remats}, got {c.model.remat!r}")
+  need(
+    c.memory.check in ("auto", "on", "off"),
+    "memory.check",
+    f"must be auto, on or off, got {c.memory.check!r}",
+  )
+  need(c.memory.limit_gb >= 0, "memory.limit_gb", "must be >= 0 (0: the device's memory)")
+  need(
     c.tokenizer.kind in TOKENIZERS,
     "tokenizer.kind",
     f"must be one of {TOKENIZERS}, got {c.tokenizer.kind!r}",
@@ -240,6 +276,22 @@ def validate(c: mlc.ConfigDict) -> None:
     (batch // c.rl.updates_per_batch) % c.rl.group_size == 0,
     "rl.updates_per_batch",
     "each minibatch must hold whole groups (prompts_per_step must be divisible by updates_per_batch)",
+  )
+  need(c.sft.microbatch_rows >= 0, "sft.microbatch_rows", "must be >= 0 (0: the whole batch)")
+  need(
+    c.sft.microbatch_rows == 0 or c.sft.batch_size % c.sft.microbatch_rows == 0,
+    "sft.microbatch_rows",
+    f"must divide sft.batch_size = {c.sft.batch_size}",
+  )
+  groups = c.rl.prompts_per_step + (c.rl.ftis.prompts_per_step if c.rl.ftis.path else 0)
+  mb_rows = groups * c.rl.group_size // max(c.rl.updates_per_batch, 1)
+  need(c.rl.microbatch_rows >= 0, "rl.microbatch_rows", "must be >= 0 (0: the whole minibatch)")
+  need(
+    c.rl.microbatch_rows == 0
+    or (mb_rows % c.rl.microbatch_rows == 0 and c.rl.microbatch_rows % c.rl.group_size == 0),
+    "rl.microbatch_rows",
+    f"must divide the minibatch's {mb_rows} rows and be a multiple of rl.group_size = "
+    f"{c.rl.group_size} (whole groups)",
   )
   need(
     0 <= c.rl.eps_low < 1 and c.rl.eps_high >= 0,
