@@ -20,6 +20,7 @@ from postrain.select._run import (
   validate,
   write_jsonl,
 )
+from postrain.select._scoring import model_entropy, model_grace_scores, model_hes
 
 __all__ = [
   "Scorer",
@@ -28,6 +29,9 @@ __all__ = [
   "load_checkpoint",
   "load_imported",
   "load_run_config",
+  "model_entropy",
+  "model_grace_scores",
+  "model_hes",
   "num_selected",
   "plot_histogram",
   "pool_problems",

@@ -29,7 +29,7 @@ from flax import nnx
 
 from postrain import selection, tasks
 from postrain import train as train_lib
-from postrain.select import _load
+from postrain.select import _load, _scoring
 from postrain.tasks import _solutions
 
 SCORERS = ("hes", "grace")
@@ -130,7 +130,7 @@ def _hes_fn(graphdef, ratio: float, min_tokens: int, rounding: str):
   @jax.jit
   def fn(params, rest, tokens, valid, mask):
     model = nnx.merge(graphdef, params, rest)
-    return selection.model_hes(
+    return _scoring.model_hes(
       model, tokens, mask, valid=valid, ratio=ratio, min_tokens=min_tokens, rounding=rounding
     )
 
@@ -142,7 +142,7 @@ def _grace_fn(graphdef, num_steps: int, alpha: float, normalize_history: bool):
   @jax.jit
   def fn(params, rest, tokens, valid, segment_ids, answer_mask):
     model = nnx.merge(graphdef, params, rest)
-    out = selection.model_grace_scores(
+    out = _scoring.model_grace_scores(
       model,
       tokens,
       segment_ids,

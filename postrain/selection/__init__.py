@@ -4,21 +4,21 @@ dataset metrics (arXiv 2605.13290).
   from postrain import selection
   hes = selection.hes_score(entropy, mask)                 # f32[B]
   keep = selection.select_top_fraction(hes, 0.2, valid=correct)
+
+Arrays in, arrays out: the scorers that run a model (`model_hes`, `model_grace_scores`,
+`model_entropy`) are in `postrain.select`, beside the command that uses them.
 """
 
 from postrain.selection._grace import (
   GraceScores,
   grace_scores,
   grace_scores_from_upstream,
-  model_grace_scores,
   upstream_gradients,
 )
 from postrain.selection._hes import (
   entropy_variants,
   hes_score,
   hes_token_counts,
-  model_entropy,
-  model_hes,
   token_entropy,
 )
 from postrain.selection._metrics import (
@@ -57,9 +57,6 @@ __all__ = [
   "hes_token_counts",
   "kept_group_advantages",
   "metric_gain_correlations",
-  "model_entropy",
-  "model_grace_scores",
-  "model_hes",
   "ngram_repetition_rate",
   "pack_steps",
   "per_example_metrics",

@@ -20,7 +20,7 @@ those non-empty steps. ω acts on the raw g_j as Eq. 12 is written (`normalize_h
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -182,38 +182,4 @@ def grace_scores(
     num_steps=num_steps,
     alpha=alpha,
     normalize_history=normalize_history,
-  )
-
-
-def model_grace_scores(
-  model: Any,
-  tokens: jax.Array,
-  segment_ids: jax.Array,
-  answer_mask: jax.Array,
-  *,
-  num_steps: int,
-  valid: jax.Array | None = None,
-  alpha: float = 0.7,
-  normalize_history: bool = False,
-) -> GraceScores:
-  """GRACE scores under a `postrain.models.Decoder` (the scoring model; the paper warms it up
-  with SFT on a 5 % subset first). One forward pass; positions count valid tokens so left
-  padding does not shift RoPE positions.
-  """
-  from postrain import models  # lazy: the pure functions above do not need the model stack
-
-  if valid is None:
-    valid = jnp.ones(np.shape(tokens), bool)
-  valid = jnp.asarray(valid, bool)
-  hidden, _ = model(tokens, models.positions_from_valid(valid), valid=valid)
-  return grace_scores(
-    hidden,
-    tokens,
-    model.output_embedding(),
-    segment_ids,
-    answer_mask,
-    num_steps=num_steps,
-    alpha=alpha,
-    normalize_history=normalize_history,
-    logits=model.logits(hidden),
   )

@@ -172,34 +172,3 @@ def token_entropy(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array
     V.check_shape("mask", mask, np.shape(logits)[:2], like="logits[..., 0]")
     h = jnp.where(jnp.asarray(mask) != 0, h, 0.0)
   return h
-
-
-def model_entropy(model: Any, tokens: jax.Array, mask: jax.Array, **kwargs: Any) -> jax.Array:
-  """Per-token entropies of `model` in one teacher-forced forward pass.
-
-  Calls `postrain.models.logprobs(model, tokens, mask, return_entropy=True, **kwargs)`, so
-  entropy[:, t] is the entropy of the distribution that predicts tokens[:, t] (0 where mask is 0).
-  Pass `valid=` for padded batches.
-
-  Returns:
-    f32[B, T].
-  """
-  from postrain import models  # lazy: selection's pure functions do not need the model stack
-
-  _, entropy = models.logprobs(model, tokens, mask, return_entropy=True, **kwargs)
-  return entropy
-
-
-def model_hes(
-  model: Any,
-  tokens: jax.Array,
-  mask: jax.Array,
-  *,
-  ratio: float = 0.005,
-  min_tokens: int = 1,
-  rounding: str = "ceil",
-  **kwargs: Any,
-) -> jax.Array:
-  """HES of each sample under `model` (the training model or a same-tokenizer proxy), f32[B]."""
-  entropy = model_entropy(model, tokens, mask, **kwargs)
-  return hes_score(entropy, mask, ratio=ratio, min_tokens=min_tokens, rounding=rounding)

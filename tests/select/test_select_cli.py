@@ -51,7 +51,7 @@ def test_hes_selection_matches_independent_scores(sft_run, scorer, tmp_path):
   rows = _read_jsonl(os.path.join(out, "selected.jsonl"))
   assert len(rows) == round(0.3 * n) == 12
 
-  # Independent scores: selection.model_hes on the SFT rows, one problem at a time (no padding
+  # Independent scores: select.model_hes on the SFT rows, one problem at a time (no padding
   # batch, a different batch shape than the command's).
   model = scorer.model
   ref = []
@@ -59,7 +59,7 @@ def test_hes_selection_matches_independent_scores(sft_run, scorer, tmp_path):
     b = _data.sft_batch(scorer.data, [p], c.max_len)
     ref.append(
       float(
-        selection.model_hes(
+        select.model_hes(
           model, b["tokens"], b["loss_mask"], valid=b["valid"], ratio=0.005, impl="naive"
         )[0]
       )
@@ -114,7 +114,7 @@ def test_grace_selection_matches_independent_scores(sft_run, scorer, tmp_path):
       [*tok.encode("\n" + lines[-1]), tok.eos_id],
       length=c.max_len,
     )
-    g = selection.model_grace_scores(
+    g = select.model_grace_scores(
       model,
       packed["tokens"][None],
       packed["segment_ids"][None],

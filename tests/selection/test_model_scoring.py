@@ -8,8 +8,9 @@ import numpy as np
 from flax import nnx
 
 from postrain import models
-from postrain.selection._grace import grace_scores, model_grace_scores
-from postrain.selection._hes import hes_score, model_hes, token_entropy
+from postrain.select import model_grace_scores, model_hes
+from postrain.selection._grace import grace_scores
+from postrain.selection._hes import hes_score, token_entropy
 
 
 def tiny_model():
