@@ -82,18 +82,23 @@ def _ppo(level: str):
   return loss
 
 
-def _cispo(logp, batch, spec, margin):
-  del margin
-  return losses.cispo(
-    logp,
-    batch["old_logp"],
-    batch["advantages"],
-    batch["loss_mask"],
-    eps_low=spec.eps_low,
-    eps_high=spec.eps_high,
-    agg=spec.agg,
-    max_len=spec.max_len,
-  )
+def _clipped(fn):
+  """`fn` (`losses.cispo` or `losses.gmpo`): clip bounds and aggregation, no IS weights."""
+
+  def loss(logp, batch, spec, margin):
+    del margin
+    return fn(
+      logp,
+      batch["old_logp"],
+      batch["advantages"],
+      batch["loss_mask"],
+      eps_low=spec.eps_low,
+      eps_high=spec.eps_high,
+      agg=spec.agg,
+      max_len=spec.max_len,
+    )
+
+  return loss
 
 
 # ConSPO's positive threshold on the rewards (`losses.conspo`'s default).
@@ -148,20 +153,6 @@ def _sapo(logp, batch, spec, margin):
   )
 
 
-def _gmpo(logp, batch, spec, margin):
-  del margin
-  return losses.gmpo(
-    logp,
-    batch["old_logp"],
-    batch["advantages"],
-    batch["loss_mask"],
-    eps_low=spec.eps_low,
-    eps_high=spec.eps_high,
-    agg=spec.agg,
-    max_len=spec.max_len,
-  )
-
-
 def _check_scrl(c, need) -> None:
   need(c.rl.group_size % 2 == 0, "rl.group_size", "must be even for SCRL mixed groups")
   need(
@@ -204,7 +195,7 @@ REGISTRY: dict[str, Algorithm] = {
     # CISPO (arXiv 2506.13585): only the upper IS-weight clip is active by default.
     Algorithm(
       "cispo",
-      _cispo,
+      _clipped(losses.cispo),
       dict(eps_low=0.0, eps_high=0.28, agg="token_mean", adv_scale="group"),
       is_weights=False,
     ),
@@ -236,7 +227,7 @@ REGISTRY: dict[str, Algorithm] = {
     # GMPO (arXiv 2507.20673): geometric-mean sequence ratio, log-ratio clip (e^-0.4, e^0.4).
     Algorithm(
       "gmpo",
-      _gmpo,
+      _clipped(losses.gmpo),
       dict(eps_low=0.4, eps_high=0.4, agg="seq_mean_token_mean", adv_scale="group"),
       is_weights=False,
     ),
