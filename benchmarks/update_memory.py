@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from postrain import models
-from postrain.train import _memory, _steps
+from postrain import train as pt
 
 GiB = 2**30
 
@@ -32,19 +32,19 @@ def measure(rows, tokens, micro, remat, dtype, param_dtype, impl="chunked"):
   cfg = models.get_config("smollm2-135m", remat=remat, dtype=dtype, param_dtype=param_dtype)
   abstract = nnx.eval_shape(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  tx = _steps.make_optimizer(
+  tx = pt.make_optimizer(
     lr=1e-6, steps=100, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.01, b1=0.9, b2=0.98,
     grad_clip=1.0,
   )  # fmt: skip
   opt = jax.eval_shape(tx.init, params)
-  spec = _steps.RLSpec(
+  spec = pt.RLSpec(
     algorithm="gspo", group_size=8, eps_low=3e-4, eps_high=4e-4, dual_clip=None,
     agg="seq_mean_token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
     conspo_tau=10.0, logprob_impl=impl,
   )  # fmt: skip
-  update = _steps.make_update(
-    functools.partial(_steps.rl_loss, spec=spec), tx, graphdef, rest,
-    counts_fn=functools.partial(_steps.rl_counts, spec=spec), microbatch_rows=micro, group_size=8,
+  update = pt.make_update(
+    functools.partial(pt.rl_loss, spec=spec), tx, graphdef, rest,
+    counts_fn=functools.partial(pt.rl_counts, spec=spec), microbatch_rows=micro, group_size=8,
   )  # fmt: skip
   update = jax.jit(update.__wrapped__, donate_argnums=(0, 1))
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
@@ -55,7 +55,7 @@ def measure(rows, tokens, micro, remat, dtype, param_dtype, impl="chunked"):
     advantages=f32(rows), rewards=f32(rows),
   )  # fmt: skip
   start = time.perf_counter()
-  mem = _memory.analyse(update.lower(params, opt, batch, f32()).compile())
+  mem = pt.analyse_memory(update.lower(params, opt, batch, f32()).compile())
   return mem, time.perf_counter() - start
 
 

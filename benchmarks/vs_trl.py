@@ -79,7 +79,7 @@ def postrain_worker(args) -> None:
   import numpy as np
 
   from postrain import train
-  from postrain.train import _data
+  from postrain import train as pt
 
   c = _config(args)
   with tempfile.TemporaryDirectory() as workdir:
@@ -87,7 +87,7 @@ def postrain_worker(args) -> None:
     tr._enter_rl()
     steps, prompts = [], []
     for i in range(args.steps + 1):
-      problems = _data.step_problems(
+      problems = pt.step_problems(
         tr.data.train, seed=c.seed, step=tr.step, count=c.rl.prompts_per_step
       )
       prompts.append([{"prompt": tr.data.prompt(p), "answer": str(p.answer)} for p in problems])

@@ -17,6 +17,7 @@ from postrain.train import algorithms
 from postrain.train._checkpoint import Checkpointer, abstract_like, check_workdir_config
 from postrain.train._data import TaskData, load_task_data, sft_batch, step_problems
 from postrain.train._loop import Trainer, build_model, train
+from postrain.train._memory import analyse as analyse_memory
 from postrain.train._metrics import MetricsWriter, read_jsonl
 from postrain.train._rollout import evaluate, rl_batch
 from postrain.train._rollout import generate as sample_rollouts
@@ -26,6 +27,7 @@ from postrain.train._steps import (
   make_logprob_fn,
   make_optimizer,
   make_update,
+  rl_counts,
   rl_loss,
   sft_loss,
 )
@@ -41,6 +43,7 @@ __all__ = [
   "Trainer",
   "abstract_like",
   "algorithms",
+  "analyse_memory",
   "base_config",
   "build_model",
   "check_workdir_config",
@@ -52,6 +55,7 @@ __all__ = [
   "make_update",
   "read_jsonl",
   "rl_batch",
+  "rl_counts",
   "rl_loss",
   "sample_rollouts",
   "score_rollouts",
