@@ -12,7 +12,7 @@ from postrain import models
 from postrain.models import tokenizers
 from postrain.models._greedy import greedy_generate
 
-pytestmark = [pytest.mark.slow, pytest.mark.parity]
+pytestmark = pytest.mark.parity
 
 STRINGS = [
   "Hello, world!",

@@ -128,7 +128,6 @@ def _sigterm(runs):
   _check_rerun(runs, "sigterm")
 
 
-@pytest.mark.slow
 def test_kill_corrupt_then_rerun_equals_uninterrupted(tmp_path):
   runs = _all_runs(str(tmp_path))
   failures = {}

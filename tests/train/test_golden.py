@@ -7,8 +7,6 @@ import json
 import golden
 import pytest
 
-pytestmark = pytest.mark.slow
-
 with open(golden.GOLDEN) as _f:
   EXPECTED = json.load(_f)
 
