@@ -6,6 +6,8 @@ The public surface (code outside postrain/train/ imports these, never a `postrai
   * runs: `train`, `Trainer`, `build_model`; `load_run(workdir)` -> `Run` (config, tokenizer,
     model at the newest checkpoint); `base_config`, `validate`;
   * algorithms: `algorithms.REGISTRY` (the RL losses by name), `algorithms.ADVANTAGES`;
+  * the RL step: `rl_step(state, parts, problems)` over a `TrainState` with its fixed
+    `RLStepParts`, the typed update batch `RLBatch`;
   * step builders: `make_optimizer`, `make_update`, `rl_loss` with its static `RLSpec`,
     `sft_loss`, `make_logprob_fn`;
   * data and rollouts: `TaskData`, `load_task_data`, `sft_batch`, `step_problems`,
@@ -19,7 +21,8 @@ from postrain.train._data import TaskData, load_task_data, sft_batch, step_probl
 from postrain.train._loop import Trainer, build_model, train
 from postrain.train._memory import analyse as analyse_memory
 from postrain.train._metrics import MetricsWriter, read_jsonl
-from postrain.train._rollout import evaluate, rl_batch
+from postrain.train._rl_step import RLStepParts, rl_batch, rl_step
+from postrain.train._rollout import evaluate
 from postrain.train._rollout import generate as sample_rollouts
 from postrain.train._rollout import score as score_rollouts
 from postrain.train._steps import (
@@ -31,15 +34,19 @@ from postrain.train._steps import (
   rl_loss,
   sft_loss,
 )
+from postrain.train._types import RLBatch, TrainState
 from postrain.train.config import base_config, validate
 from postrain.train.runs import Run, load_run
 
 __all__ = [
   "Checkpointer",
   "MetricsWriter",
+  "RLBatch",
   "RLSpec",
+  "RLStepParts",
   "Run",
   "TaskData",
+  "TrainState",
   "Trainer",
   "abstract_like",
   "algorithms",
@@ -57,6 +64,7 @@ __all__ = [
   "rl_batch",
   "rl_counts",
   "rl_loss",
+  "rl_step",
   "sample_rollouts",
   "score_rollouts",
   "sft_batch",

@@ -262,23 +262,38 @@ def make_teacher_fn(
 
 
 class Distiller:
-  """The teacher and the OPD / MOPD step of a `Trainer` (created by it for modes opd / mopd)."""
+  """The teacher and the OPD / MOPD step (created by the `Trainer` for modes opd / mopd).
 
-  def __init__(self, trainer: Any):
+  It holds the teacher (its parameters: the EMA teacher's change every update) and the jitted
+  teacher pass and update; the student's state is passed in and returned by `step`."""
+
+  def __init__(
+    self,
+    config: mlc.ConfigDict,
+    mesh: Any,
+    *,
+    graphdef: Any,
+    rest: Any,
+    params: Any,
+    param_shardings: Any,
+    tx: Any,
+  ):
+    """config: the run's config; mesh: its `MeshContext`; graphdef / rest / params /
+    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser."""
     from postrain.train import _steps
 
-    cfg, mesh = trainer.config, trainer.mesh
+    cfg = config
     self.config, t, d = cfg, cfg.teacher, cfg.distill
-    student = nnx.merge(trainer.graphdef, trainer.params, trainer.rest)
+    student = nnx.merge(graphdef, params, rest)
     student_vocab = int(student.cfg.vocab_size)
     self.ema = t.source == "ema"
     self.info: dict[str, Any] = {}
     if self.ema:
-      self.t_graphdef, self.t_rest, vmap = trainer.graphdef, trainer.rest, None
-      self.teacher_params = jax.tree.map(jnp.copy, trainer.params)
-      self.t_param_shardings = trainer.param_shardings
+      self.t_graphdef, self.t_rest, vmap = graphdef, rest, None
+      self.teacher_params = jax.tree.map(jnp.copy, params)
+      self.t_param_shardings = param_shardings
       # Several processes: the EMA keeps the student's shardings (the sharded teacher pass's).
-      out_sh = dict(out_shardings=trainer.param_shardings) if mesh.multi_process else {}
+      out_sh = dict(out_shardings=param_shardings) if mesh.multi_process else {}
       self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay), **out_sh)
     else:
       model, vmap, self.info = _teacher.build_teacher(cfg, student_vocab=student_vocab)
@@ -300,25 +315,25 @@ class Distiller:
     )
     if d.loss == "topk" and d.topk > student_vocab:
       raise ValueError(f"config.distill.topk={d.topk} exceeds the vocabulary ({student_vocab})")
-    p_sh = trainer.param_shardings
-    self.update = trainer.mesh.shard_update(
+    p_sh = param_shardings
+    self.update = mesh.shard_update(
       _steps.make_update(
         functools.partial(distill_loss, spec=self.spec),
-        trainer.rl_tx,
-        trainer.graphdef,
-        trainer.rest,
+        tx,
+        graphdef,
+        rest,
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
       ),
       p_sh,
-      trainer.mesh.opt_shardings(trainer.rl_tx, trainer.params, p_sh),
+      mesh.opt_shardings(tx, params, p_sh),
     )
     self.teacher_fn = make_teacher_fn(
       self.t_graphdef,
       self.t_rest,
-      trainer.graphdef,
-      trainer.rest,
+      graphdef,
+      rest,
       student_vocab=student_vocab,
       full_logits=d.loss != "pg",
       release_k=int(d.release_k) if d.release else 0,
@@ -328,7 +343,9 @@ class Distiller:
     if mesh.multi_process:  # one teacher pass over the global batch (`_distill_local.py`)
       from postrain.train import _distill_local
 
-      self.teacher_fn = _distill_local.shard_teacher_fn(self.teacher_fn, self, trainer)
+      self.teacher_fn = _distill_local.shard_teacher_fn(
+        self.teacher_fn, mesh, self.t_param_shardings, param_shardings
+      )
 
   def state(self) -> dict[str, Any]:
     return {"teacher_params": self.teacher_params} if self.ema else {}
@@ -342,11 +359,19 @@ class Distiller:
     if self.ema:
       self.teacher_params = jax.tree.map(jnp.copy, params)
 
-  def step(self, tr: Any) -> dict[str, float]:
-    """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics.
+  def step(
+    self,
+    state: Any,
+    parts: Any,
+    problems: list[Any],
+    *,
+    record: Any = None,
+  ) -> tuple[Any, dict[str, float]]:
+    """One OPD / MOPD step from `state` (a `TrainState`) with the RL step's fixed `parts`
+    (`_rl_step.RLStepParts`): sample, teacher pass, updates; returns (new state, metrics).
 
     Each process samples and prepares its own share of the step's groups (one process: all of
     them), see `_distill_local.distill_step`."""
     from postrain.train import _distill_local
 
-    return _distill_local.distill_step(self, tr)
+    return _distill_local.distill_step(self, state, parts, problems, record=record)

@@ -85,7 +85,7 @@ def test_scrl_batch_gives_token_advantages_only_inside_spans(data):
     data, out, completions, problems, chains, group_size=4, timeout_s=None
   )
   batch, metrics, orig = _scrl.scrl_rl_batch(out, *scored[:-1], rl=cfg.rl)
-  adv = np.asarray(batch["advantages"])
+  adv = np.asarray(batch.advantages)
   span_ids = scored[2]
   assert adv.shape == out.tokens.shape
   np.testing.assert_array_equal(adv[0][span_ids[0] < 0], 0.0)  # outside spans: no credit
