@@ -18,14 +18,15 @@ The public surface (code outside postrain/train/ imports these, never a `postrai
 from postrain.train import algorithms
 from postrain.train._checkpoint import Checkpointer, abstract_like, check_workdir_config
 from postrain.train._data import TaskData, load_task_data, sft_batch, step_problems
-from postrain.train._loop import Trainer, build_model, train
 from postrain.train._memory import analyse as analyse_memory
-from postrain.train._metrics import MetricsWriter, read_jsonl
+from postrain.train._metrics_log import MetricsWriter, read_jsonl
 from postrain.train._rl_step import RLStepParts, rl_batch, rl_step
 from postrain.train._rollout import evaluate
 from postrain.train._rollout import generate as sample_rollouts
 from postrain.train._rollout import score as score_rollouts
-from postrain.train._steps import (
+from postrain.train._trainer import Trainer, build_model, train
+from postrain.train._types import RLBatch, TrainState
+from postrain.train._update import (
   RLSpec,
   make_logprob_fn,
   make_optimizer,
@@ -34,7 +35,6 @@ from postrain.train._steps import (
   rl_loss,
   sft_loss,
 )
-from postrain.train._types import RLBatch, TrainState
 from postrain.train.config import base_config, validate
 from postrain.train.runs import Run, load_run
 

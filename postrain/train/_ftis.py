@@ -270,7 +270,7 @@ class ForeignRollouts:
     (`MeshContext.from_host`); the blocks are joined on the mesh (`MeshContext.concat_rows`), so
     consecutive minibatches cut the same rows as on one process. Needs `Bf =
     ftis.prompts_per_step * group_size` rows that split over the batch mesh axes (checked by
-    `_mesh.mesh_context`).
+    `_mesh_context.mesh_context`).
     """
     width = self.prompt_width(own.tokens.shape[1] - self.rl.max_new_tokens)
     own = self.align_own(own, width)

@@ -11,8 +11,8 @@ switched by their config keys:
 
   stage                         where                       config
   guided prompts (SMEPO)        `_smepo.smepo_stage`        rl.smepo.enabled
-  curriculum prompts (SCRL)     `_scrl.curriculum_prompts`  rl.algorithm == "scrl"
-  subproblem rewards and span   `_scrl.scrl_stage`          rl.algorithm == "scrl"
+  curriculum prompts (SCRL)     `_scrl_stage.curriculum_prompts`  rl.algorithm == "scrl"
+  subproblem rewards and span   `_scrl_stage.scrl_stage`          rl.algorithm == "scrl"
     advantages (SCRL)
   DAPO dynamic-sampling filter  `dapo_filter` (below)       rl.dynamic_sampling
   temporal credit window        `temporal_credit` (below)   rl.temporal.enabled
@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, losses
-from postrain.train import _rollout, _scrl, _smepo, algorithms
+from postrain.train import _rollout, _scrl_stage, _smepo, algorithms
 from postrain.train._types import RLBatch, TrainState
 
 
@@ -51,7 +51,7 @@ class RLStepParts:
   """The fixed parts of an RL step (built once by the `Trainer`).
 
   config       the run's config (`config.rl`, `config.seed`, `config.task.verifier_timeout_s`)
-  mesh         the run's `MeshContext` (`_mesh.py`): shardings, per-process slices, gathers
+  mesh         the run's `MeshContext` (`_mesh_context.py`): shardings, per-process slices, gathers
   data         the run's `TaskData` (prompts, tokenizer, verifier)
   sampler      the `ShardedSampler` (its parameters are set from the state each step)
   graphdef, rest   the model's structure and non-parameter state (`nnx.split`)
@@ -108,7 +108,7 @@ def rl_step(
     )  # fmt: skip
   chains, n, offset = None, g, mine.start
   if rl.algorithm == "scrl":  # mixed groups: G/2 curriculum samples, then G/2 of the original
-    chains, prompts = _scrl.curriculum_prompts(
+    chains, prompts = _scrl_stage.curriculum_prompts(
       data, problems, prompts, num_subproblems=rl.scrl_num_subproblems
     )
     n, offset = g // 2, 2 * mine.start
@@ -123,7 +123,7 @@ def rl_step(
 
   # 3. Score and 4. advantages (SCRL: subproblem rewards and span advantages).
   if chains is not None:
-    batch, metrics, rewards, lengths, vstats = _scrl.scrl_stage(
+    batch, metrics, rewards, lengths, vstats = _scrl_stage.scrl_stage(
       data, out, texts, problems, chains, rl=rl, mesh=mesh, timeout_s=timeout_s, rows=rows,
       num_rows=num_rows,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 An entry (`Algorithm`) names
   * `loss`: `(logp, batch, spec, margin) -> (loss f32[], aux dict)` on one minibatch, where `logp`
     f32[B, T] are the policy's log-probs, `batch` the update batch (an `RLBatch`: `old_logp`,
-    `advantages`, `loss_mask`, `rewards`, optional `is_weights`), `spec` the static `RLSpec` (`_steps.py`) and
+    `advantages`, `loss_mask`, `rewards`, optional `is_weights`), `spec` the static `RLSpec` (`_update.py`) and
     `margin` this step's ConSPO margin;
   * `defaults`: the `config.rl` keys `config.set_algorithm` sets (the paper's hyperparameters);
   * `section`: the algorithm's own sub-config `config.rl.<name>` with its defaults (its
@@ -13,7 +13,7 @@ An entry (`Algorithm`) names
   * `is_weights`: whether the loss takes F-TIS per-token importance weights;
   * `normalisers`: `normalisers(spec) -> (loss_count, {aux_key: count})`, the batch count each
     term is a mean over (micro-batched updates scale each micro-batch's terms by its share of the
-    minibatch's counts, `_steps.py`). Default (`agg_normalisers`): `rl.agg`'s count, loss-mask
+    minibatch's counts, `_update.py`). Default (`agg_normalisers`): `rl.agg`'s count, loss-mask
     tokens for "token_mean" and rows with tokens otherwise, and every aux a loss-mask token mean;
   * `counts`: `counts(batch, spec) -> {name: f32[]}`, counts of its own beyond the token and row
     counts (ConSPO's groups, positives and negatives).
@@ -287,7 +287,7 @@ def get(name: str) -> Algorithm:
 
 
 def policy_loss(logp: jax.Array, batch: dict[str, jax.Array], spec: Any, margin: jax.Array):
-  """The policy loss of `spec.algorithm` (the registry lookup `_steps.rl_loss` calls)."""
+  """The policy loss of `spec.algorithm` (the registry lookup `_update.rl_loss` calls)."""
   return get(spec.algorithm).loss(logp, batch, spec, margin)
 
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from postrain import advantages, models
-from postrain.train import _distill, _ftis, _rl_step, _steps, _teacher
+from postrain.train import _distill, _ftis, _rl_step, _teacher, _update
 from postrain.train import config as config_lib
 
 V, B, T, R = 48, 4, 14, 6
@@ -276,7 +276,7 @@ G = 4
 def _rl_setup():
   model = _model(2)
   g, params, rest = nnx.split(model, nnx.Param, ...)
-  spec = _steps.RLSpec(
+  spec = _update.RLSpec(
     algorithm="grpo",
     group_size=G,
     eps_low=0.2,
@@ -291,8 +291,8 @@ def _rl_setup():
     logprob_impl="naive",
   )
   tx = optax.sgd(0.5)  # linear in the gradient: equal updates <=> equal gradients
-  update = _steps.make_update(functools.partial(_steps.rl_loss, spec=spec), tx, g, rest)
-  logprob = _steps.make_logprob_fn(g, rest, "naive")
+  update = _update.make_update(functools.partial(_update.rl_loss, spec=spec), tx, g, rest)
+  logprob = _update.make_logprob_fn(g, rest, "naive")
   # Rollouts "written by the same params": two prompts (left-padded) with G responses each, the
   # generator log-probs being the learner's own (what the sampler records at temperature 1).
   rng = np.random.default_rng(3)

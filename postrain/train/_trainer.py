@@ -5,7 +5,7 @@ Every step's data and randomness are functions of (seed, step), and the checkpoi
 parameters, optimiser state and step, so a killed run restarted with the same command continues
 exactly where the last checkpoint left it.
 
-The run is laid out on the device mesh of `config.mesh` (`_mesh.py`): parameters and optimiser
+The run is laid out on the device mesh of `config.mesh` (`_mesh_context.py`): parameters and optimiser
 state in their shards, every jit with explicit shardings, each step's batch split over the batch
 axes; with several processes each places its own rows and process 0 writes the run's files.
 """
@@ -33,12 +33,12 @@ from postrain.train import (
   _distill,
   _ftis,
   _memory,
-  _mesh,
-  _metrics,
+  _mesh_context,
+  _metrics_log,
   _rl_step,
   _rollout,
-  _steps,
   _teacher,
+  _update,
   algorithms,
 )
 from postrain.train._types import TrainState
@@ -91,7 +91,7 @@ class Trainer:
     validate(config)
     self.config, self.workdir = config, workdir
     # The mesh first: a config that does not fit the devices fails before any data or compilation.
-    self.mesh = mesh = _mesh.mesh_context(config)
+    self.mesh = mesh = _mesh_context.mesh_context(config)
     with mesh.primary_first("workdir"):  # process 0 writes config, dataset and tokenizer
       _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
       if tokenizer is None:  # OPD from another postrain run: read the teacher's token ids
@@ -109,7 +109,7 @@ class Trainer:
       )
     else:
       if model is None:
-        with _mesh.host_memory():  # imported weights stay in host memory until placed
+        with _mesh_context.host_memory():  # imported weights stay in host memory until placed
           model = build_model(config, vocab, seed=config.seed)
       self.graphdef, params, self.rest, self.param_shardings = mesh.place(model)
     model = nnx.merge(self.graphdef, params, self.rest)
@@ -128,9 +128,9 @@ class Trainer:
       b2=opt.b2,
       grad_clip=opt.grad_clip,
     )
-    self.sft_tx = _steps.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
+    self.sft_tx = _update.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
     rl_updates = max(self.rl_steps * config.rl.updates_per_batch, 1)
-    self.rl_tx = _steps.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
+    self.rl_tx = _update.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
     p_sh = self.param_shardings
     # What a step changes: parameters, optimiser state, step and the run's key.
     self.state = TrainState(
@@ -141,19 +141,19 @@ class Trainer:
     )
     impl = config.model.logprob_impl
     self.sft_update = mesh.shard_update(
-      _steps.make_update(
-        functools.partial(_steps.sft_loss, impl=impl),
+      _update.make_update(
+        functools.partial(_update.sft_loss, impl=impl),
         self.sft_tx,
         self.graphdef,
         self.rest,
-        counts_fn=_steps.sft_counts,
+        counts_fn=_update.sft_counts,
         microbatch_rows=config.sft.microbatch_rows,
       ),
       p_sh,
       mesh.opt_shardings(self.sft_tx, self.params, p_sh),
     )
     rl = config.rl
-    self.rl_spec = _steps.RLSpec(
+    self.rl_spec = _update.RLSpec(
       algorithm=rl.algorithm,
       group_size=rl.group_size,
       eps_low=rl.eps_low,
@@ -169,12 +169,12 @@ class Trainer:
       loss_kwargs=algorithms.loss_kwargs(rl),
     )
     self.rl_update = mesh.shard_update(
-      _steps.make_update(
-        functools.partial(_steps.rl_loss, spec=self.rl_spec),
+      _update.make_update(
+        functools.partial(_update.rl_loss, spec=self.rl_spec),
         self.rl_tx,
         self.graphdef,
         self.rest,
-        counts_fn=functools.partial(_steps.rl_counts, spec=self.rl_spec),
+        counts_fn=functools.partial(_update.rl_counts, spec=self.rl_spec),
         microbatch_rows=rl.microbatch_rows,
         group_size=rl.group_size,
       ),
@@ -182,7 +182,7 @@ class Trainer:
       mesh.opt_shardings(self.rl_tx, self.params, p_sh),
     )
     self.ref_logprobs = mesh.shard_logprob_fn(
-      _steps.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
+      _update.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
     )
     # The frozen reference model of the KL term (reset to the policy when RL starts).
     self.ref_params = jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 else None
@@ -398,7 +398,9 @@ class Trainer:
     self._restore()
     primary = self.mesh.is_primary  # process 0 writes metrics and the report
     resume = self.step if self.step else None
-    writer = _metrics.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
+    writer = (
+      _metrics_log.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
+    )
     report = self._load_report()
     report.update(self.data_stats)  # eval_num_problems, sft_examples_truncated
     bar = tqdm(
@@ -430,7 +432,7 @@ class Trainer:
           if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             writer.write(self.step, metrics)
           if cfg.check_finite:  # before the save: a non-finite state is never checkpointed
-            _metrics.check_finite(metrics, step=self.step, kind="train")
+            _metrics_log.check_finite(metrics, step=self.step, kind="train")
           bar.update(1)
           bar.set_postfix(
             {
@@ -470,12 +472,12 @@ class Trainer:
       )
 
   def _eval_and_log(
-    self, writer: _metrics.MetricsWriter, report: dict[str, Any]
+    self, writer: _metrics_log.MetricsWriter, report: dict[str, Any]
   ) -> dict[str, float]:
     metrics = self.evaluate()
     writer.write(self.step, metrics, kind="eval")
     if self.config.check_finite:
-      _metrics.check_finite(metrics, step=self.step, kind="eval")
+      _metrics_log.check_finite(metrics, step=self.step, kind="eval")
     result = dict(metrics, step=self.step)
     report.setdefault("evals", [])
     report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
@@ -511,7 +513,7 @@ class Trainer:
     os.replace(path + ".tmp", path)
     jsonl = os.path.join(self.workdir, "metrics.jsonl")
     if "final" in report and os.path.exists(jsonl):
-      _metrics.plot_curves(
+      _metrics_log.plot_curves(
         jsonl,
         os.path.join(self.workdir, "curves.png"),
         title=f"{self.config.task.name} / "
