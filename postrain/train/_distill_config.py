@@ -82,11 +82,8 @@ def validate_distill(c: mlc.ConfigDict, need) -> None:
   need(d.max_teacher_prompt_len >= 1, "distill.max_teacher_prompt_len", "must be >= 1")
   if f.path:
     need(c.mode == "rl", "rl.ftis.path", "foreign rollouts are used by mode 'rl' only")
-    need(
-      c.rl.algorithm not in ("cispo", "conspo", "scrl"),
-      "rl.ftis.path",
-      "F-TIS needs a ppo_clip algorithm (grpo, dapo, dr_grpo, gspo, gspo_token)",
-    )
+    # Which algorithms take F-TIS's per-token weights is the registry's `is_weights`
+    # (`algorithms.validate`).
     need(f.prompts_per_step >= 1, "rl.ftis.prompts_per_step", "must be >= 1")
     need(f.cap > 0, "rl.ftis.cap", "must be > 0")
     groups = c.rl.prompts_per_step + f.prompts_per_step
