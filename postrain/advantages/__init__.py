@@ -27,7 +27,7 @@ from postrain.advantages._release import (
   teachability_release,
   teacher_margin,
 )
-from postrain.advantages._scrl import (
+from postrain.advantages._scrl_advantages import (
   scrl_advantages,
   scrl_curriculum_rows,
   scrl_progress_rewards,

@@ -9,7 +9,7 @@ The pure scoring functions live in `postrain.selection`; this package is the com
 """
 
 from postrain.select._load import Scorer, load_checkpoint, load_imported, load_run_config
-from postrain.select._run import (
+from postrain.select._score_pool import (
   grace_row,
   hes_batch,
   num_selected,

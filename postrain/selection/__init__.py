@@ -9,19 +9,14 @@ Arrays in, arrays out: the scorers that run a model (`model_hes`, `model_grace_s
 `model_entropy`) are in `postrain.select`, beside the command that uses them.
 """
 
-from postrain.selection._grace import (
-  GraceScores,
-  grace_scores,
-  grace_scores_from_upstream,
-  upstream_gradients,
+from postrain.selection._by_score import (
+  hes_group_downsample,
+  kept_group_advantages,
+  select_top_fraction,
+  select_top_k,
+  select_top_k_per_group,
 )
-from postrain.selection._hes import (
-  entropy_variants,
-  hes_score,
-  hes_token_counts,
-  token_entropy,
-)
-from postrain.selection._metrics import (
+from postrain.selection._dataset_metrics import (
   cosine_alignment,
   dataset_metrics,
   hashed_bow_embedder,
@@ -35,14 +30,19 @@ from postrain.selection._metrics import (
   symbolic_fraction,
   zlib_redundancy,
 )
-from postrain.selection._select import (
-  hes_group_downsample,
-  kept_group_advantages,
-  select_top_fraction,
-  select_top_k,
-  select_top_k_per_group,
+from postrain.selection._grace import (
+  GraceScores,
+  grace_scores,
+  grace_scores_from_upstream,
+  upstream_gradients,
 )
-from postrain.selection._steps import pack_steps, split_steps
+from postrain.selection._hes import (
+  entropy_variants,
+  hes_score,
+  hes_token_counts,
+  token_entropy,
+)
+from postrain.selection._trace_steps import pack_steps, split_steps
 
 __all__ = [
   "GraceScores",

@@ -13,7 +13,7 @@ from postrain.selfplay._dsl_tasks import (
   seed_tasks,
   solver_prompt,
 )
-from postrain.selfplay._run import (
+from postrain.selfplay._selfplay_loop import (
   LANGUAGES,
   SelfPlay,
   TaskFamily,

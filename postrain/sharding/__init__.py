@@ -15,7 +15,7 @@ tensor (Megatron-style tensor parallelism). Sizes of 1 turn an axis off.
   mesh = sharding.make_mesh({"data": 2, "fsdp": -1, "tensor": 1})
   state = sharding.init_sharded(lambda: models.Decoder(cfg, rngs=nnx.Rngs(0)), tx, mesh,
                                 sharding.default_rules())
-  update = sharding.shard_update(_steps.make_update(loss_fn, tx, state.graphdef, state.rest),
+  update = sharding.shard_update(train.make_update(loss_fn, tx, state.graphdef, state.rest),
                                  state.param_shardings, state.opt_shardings,
                                  sharding.batch_sharding(mesh))
 """
@@ -43,7 +43,7 @@ from postrain.sharding._rules import (
   param_shardings,
   param_specs,
 )
-from postrain.sharding._sampler import ShardedSampler
+from postrain.sharding._sharded_sampler import ShardedSampler
 
 __all__ = [
   "BATCH_AXES",

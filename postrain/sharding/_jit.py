@@ -86,7 +86,7 @@ def shard_update(
   donate: bool = True,
   logical_rules: Sequence[LogicalRule] | None = None,
 ) -> Callable[..., Any]:
-  """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`_steps.make_update`)
+  """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`train._update.make_update`)
   jitted with explicit shardings: params / optimiser state keep theirs, every batch array is split
   on dimension 0, the extras (scalars such as the ConSPO margin) and the aux metrics are
   replicated. With `donate`, the old params and optimiser state buffers are reused for the new.
@@ -129,7 +129,7 @@ def shard_logprob_fn(
   *,
   logical_rules: Sequence[LogicalRule] | None = None,
 ) -> Callable[..., Any]:
-  """`fn(params, tokens, mask, valid) -> logp` (`_steps.make_logprob_fn`) with the batch split on
+  """`fn(params, tokens, mask, valid) -> logp` (`train._update.make_logprob_fn`) with the batch split on
   dimension 0 in and out (`shard_batch_fn`, plus a check that names the batch array)."""
   b = batch_sharding_
   inner = shard_batch_fn(fn, (param_shardings_, b, b, b), b, logical_rules=logical_rules)

@@ -26,11 +26,11 @@ from postrain.tasks._extract import (
 )
 from postrain.tasks._gym import GYM_TASKS, ReasoningGymTask
 from postrain.tasks._jsonl import JsonlTask, load_gsm8k_jsonl, numeric_score
-from postrain.tasks._metrics import pass_at_k
+from postrain.tasks._pass_at_k import pass_at_k
 from postrain.tasks._problem import SPLITS, Problem, Task
-from postrain.tasks._prompts import INSTRUCTIONS, format_prompt, sft_example
+from postrain.tasks._prompt_format import INSTRUCTIONS, format_prompt, sft_example
 from postrain.tasks._registry import get_task
-from postrain.tasks._scrl import (
+from postrain.tasks._scrl_chains import (
   COMPLETION_FORMATS,
   ScrlChain,
   Subproblem,

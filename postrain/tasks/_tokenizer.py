@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterable, Sequence
 
 from postrain.tasks._problem import Problem
-from postrain.tasks._prompts import INSTRUCTIONS, format_prompt
-from postrain.tasks._scrl import format_scrl_prompt, scrl_chain, scrl_reference_completion
+from postrain.tasks._prompt_format import INSTRUCTIONS, format_prompt
+from postrain.tasks._scrl_chains import format_scrl_prompt, scrl_chain, scrl_reference_completion
 from postrain.tasks._solutions import reference_solution
 
 MODEL_TYPES = ("bpe", "unigram")

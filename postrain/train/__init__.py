@@ -6,6 +6,8 @@ The public surface (code outside postrain/train/ imports these, never a `postrai
   * runs: `train`, `Trainer`, `build_model`; `load_run(workdir)` -> `Run` (config, tokenizer,
     model at the newest checkpoint); `base_config`, `validate`;
   * algorithms: `algorithms.REGISTRY` (the RL losses by name), `algorithms.ADVANTAGES`;
+  * the RL step: `rl_step(state, parts, problems)` over a `TrainState` with its fixed
+    `RLStepParts`, the typed update batch `RLBatch`;
   * step builders: `make_optimizer`, `make_update`, `rl_loss` with its static `RLSpec`,
     `sft_loss`, `make_logprob_fn`;
   * data and rollouts: `TaskData`, `load_task_data`, `sft_batch`, `step_problems`,
@@ -16,13 +18,15 @@ The public surface (code outside postrain/train/ imports these, never a `postrai
 from postrain.train import algorithms
 from postrain.train._checkpoint import Checkpointer, abstract_like, check_workdir_config
 from postrain.train._data import TaskData, load_task_data, sft_batch, step_problems
-from postrain.train._loop import Trainer, build_model, train
 from postrain.train._memory import analyse as analyse_memory
-from postrain.train._metrics import MetricsWriter, read_jsonl
-from postrain.train._rollout import evaluate, rl_batch
+from postrain.train._metrics_log import MetricsWriter, read_jsonl
+from postrain.train._rl_step import RLStepParts, rl_batch, rl_step
+from postrain.train._rollout import evaluate
 from postrain.train._rollout import generate as sample_rollouts
 from postrain.train._rollout import score as score_rollouts
-from postrain.train._steps import (
+from postrain.train._trainer import Trainer, build_model, train
+from postrain.train._types import RLBatch, TrainState
+from postrain.train._update import (
   RLSpec,
   make_logprob_fn,
   make_optimizer,
@@ -37,9 +41,12 @@ from postrain.train.runs import Run, load_run
 __all__ = [
   "Checkpointer",
   "MetricsWriter",
+  "RLBatch",
   "RLSpec",
+  "RLStepParts",
   "Run",
   "TaskData",
+  "TrainState",
   "Trainer",
   "abstract_like",
   "algorithms",
@@ -57,6 +64,7 @@ __all__ = [
   "rl_batch",
   "rl_counts",
   "rl_loss",
+  "rl_step",
   "sample_rollouts",
   "score_rollouts",
   "sft_batch",

@@ -37,85 +37,20 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from flax import nnx
 
-from postrain import advantages, losses, models, tasks
+from postrain import advantages, losses, models
 from postrain.train import _teacher
+
+# The config sections of the modes (`config.py` reads them from `_distill_config`, not from here).
+from postrain.train._distill_config import (  # noqa: F401
+  CONTEXTS,
+  LOSSES,
+  distill_config,
+  teacher_config,
+  validate_distill,
+)
 
 # The MOPD teacher-prompt and release helpers, used by the step (`_distill_local.py`).
 from postrain.train._teacher import mopd_teacher_prompts, segment_ids, teacher_layout  # noqa: F401
-
-LOSSES = ("reverse_kl", "jsd", "topk", "pg")
-CONTEXTS = ("positive", "contrastive")
-teacher_config = _teacher.teacher_config
-
-
-def distill_config() -> mlc.ConfigDict:
-  """Defaults of `config.distill` (sampling, steps and lr come from `config.rl`)."""
-  d = mlc.ConfigDict()
-  d.loss = "reverse_kl"  # "reverse_kl", "jsd", "topk" or "pg" (see postrain/train/_distill.py)
-  d.alpha = 0.5  # JSD_α teacher weight for "jsd" / "topk" (1 = reverse KL, 0 = forward KL)
-  d.topk = 16  # "topk": number of student top ids (MOPD: 100 for real vocabularies)
-  d.tail = True  # "topk": add the tail bucket (False: renormalise over the k ids)
-  d.temperature = 1.0  # softmax temperature of both models in the divergence
-  d.agg = "token_mean"
-  d.is_clip = 2.0  # MOPD's cap of the ratio π_θ/π_old on later minibatches; 0 disables
-  # Teachability-aware release (arXiv 2605.13643).
-  d.release = False
-  d.release_k = 4
-  d.release_num_segments = 16
-  # MOPD teacher context (arXiv 2605.12652): 2 successes + 1 failure ("2S1F") by default.
-  d.context = "contrastive"  # "positive" (successes only) or "contrastive" (+ failures)
-  d.max_peers = 2
-  d.max_failures = 1
-  d.success_threshold = 0.5
-  d.peer_order = "cyclic"  # "cyclic", "index" or "random" (postrain.tasks.mopd.select_peers)
-  d.drop_no_peer = False  # True: rows without peers get no loss (MOPD code); False: plain OPD
-  d.max_teacher_prompt_len = 384  # longer teacher prompts fall back to the plain prompt
-  return d
-
-
-def validate_distill(c: mlc.ConfigDict, need) -> None:
-  """Checks of `config.teacher`, `config.distill` and `config.rl.ftis` (called by `validate`)."""
-  t, d, f = c.teacher, c.distill, c.rl.ftis
-  need(
-    t.source in _teacher.SOURCES,
-    "teacher.source",
-    f"must be one of {_teacher.SOURCES}, got {t.source!r}",
-  )
-  if c.mode in ("opd", "mopd"):
-    need(t.source != "none", "teacher.source", f"mode {c.mode!r} needs a teacher")
-  need(
-    t.source in ("none", "ema") or bool(t.path),
-    "teacher.path",
-    f"is required for teacher.source={t.source!r}",
-  )
-  need(0.0 <= t.ema_decay <= 1.0, "teacher.ema_decay", "must be in [0, 1]")
-  need(d.loss in LOSSES, "distill.loss", f"must be one of {LOSSES}, got {d.loss!r}")
-  need(0.0 <= d.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
-  need(d.topk >= 1, "distill.topk", "must be >= 1")
-  need(d.temperature > 0, "distill.temperature", "must be > 0")
-  need(d.is_clip == 0 or d.is_clip >= 1, "distill.is_clip", "must be 0 (off) or >= 1")
-  need(d.release_k >= 2, "distill.release_k", "must be >= 2")
-  need(d.release_num_segments >= 1, "distill.release_num_segments", "must be >= 1")
-  need(d.context in CONTEXTS, "distill.context", f"must be one of {CONTEXTS}, got {d.context!r}")
-  need(d.max_peers >= 0 and d.max_failures >= 0, "distill.max_peers", "counts must be >= 0")
-  need(d.peer_order in tasks.mopd.ORDERS, "distill.peer_order", f"must be in {tasks.mopd.ORDERS}")
-  need(d.max_teacher_prompt_len >= 1, "distill.max_teacher_prompt_len", "must be >= 1")
-  if f.path:
-    need(c.mode == "rl", "rl.ftis.path", "foreign rollouts are used by mode 'rl' only")
-    need(
-      c.rl.algorithm not in ("cispo", "conspo", "scrl"),
-      "rl.ftis.path",
-      "F-TIS needs a ppo_clip algorithm (grpo, dapo, dr_grpo, gspo, gspo_token)",
-    )
-    need(f.prompts_per_step >= 1, "rl.ftis.prompts_per_step", "must be >= 1")
-    need(f.cap > 0, "rl.ftis.cap", "must be > 0")
-    groups = c.rl.prompts_per_step + f.prompts_per_step
-    need(
-      groups % c.rl.updates_per_batch == 0,
-      "rl.updates_per_batch",
-      f"must divide the {groups} groups of an F-TIS batch (own + foreign)",
-    )
-
 
 # ----------------------------------------------------------------------------------- jitted math
 
@@ -170,7 +105,7 @@ def distill_loss(
 
   totals: `distill_counts` of the whole minibatch when `batch` is one of its micro-batches: the
   loss (normalised by the mask's tokens or rows, as `spec.agg` says) and the aux token means are
-  then this micro-batch's share (`postrain/train/_steps.py`).
+  then this micro-batch's share (`postrain/train/_update.py`).
   """
   model = nnx.merge(graphdef, params, rest)
   resp_len = batch["targets"].shape[1]
@@ -262,23 +197,38 @@ def make_teacher_fn(
 
 
 class Distiller:
-  """The teacher and the OPD / MOPD step of a `Trainer` (created by it for modes opd / mopd)."""
+  """The teacher and the OPD / MOPD step (created by the `Trainer` for modes opd / mopd).
 
-  def __init__(self, trainer: Any):
-    from postrain.train import _steps
+  It holds the teacher (its parameters: the EMA teacher's change every update) and the jitted
+  teacher pass and update; the student's state is passed in and returned by `step`."""
 
-    cfg, mesh = trainer.config, trainer.mesh
+  def __init__(
+    self,
+    config: mlc.ConfigDict,
+    mesh: Any,
+    *,
+    graphdef: Any,
+    rest: Any,
+    params: Any,
+    param_shardings: Any,
+    tx: Any,
+  ):
+    """config: the run's config; mesh: its `MeshContext`; graphdef / rest / params /
+    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser."""
+    from postrain.train import _update
+
+    cfg = config
     self.config, t, d = cfg, cfg.teacher, cfg.distill
-    student = nnx.merge(trainer.graphdef, trainer.params, trainer.rest)
+    student = nnx.merge(graphdef, params, rest)
     student_vocab = int(student.cfg.vocab_size)
     self.ema = t.source == "ema"
     self.info: dict[str, Any] = {}
     if self.ema:
-      self.t_graphdef, self.t_rest, vmap = trainer.graphdef, trainer.rest, None
-      self.teacher_params = jax.tree.map(jnp.copy, trainer.params)
-      self.t_param_shardings = trainer.param_shardings
+      self.t_graphdef, self.t_rest, vmap = graphdef, rest, None
+      self.teacher_params = jax.tree.map(jnp.copy, params)
+      self.t_param_shardings = param_shardings
       # Several processes: the EMA keeps the student's shardings (the sharded teacher pass's).
-      out_sh = dict(out_shardings=trainer.param_shardings) if mesh.multi_process else {}
+      out_sh = dict(out_shardings=param_shardings) if mesh.multi_process else {}
       self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay), **out_sh)
     else:
       model, vmap, self.info = _teacher.build_teacher(cfg, student_vocab=student_vocab)
@@ -300,25 +250,25 @@ class Distiller:
     )
     if d.loss == "topk" and d.topk > student_vocab:
       raise ValueError(f"config.distill.topk={d.topk} exceeds the vocabulary ({student_vocab})")
-    p_sh = trainer.param_shardings
-    self.update = trainer.mesh.shard_update(
-      _steps.make_update(
+    p_sh = param_shardings
+    self.update = mesh.shard_update(
+      _update.make_update(
         functools.partial(distill_loss, spec=self.spec),
-        trainer.rl_tx,
-        trainer.graphdef,
-        trainer.rest,
+        tx,
+        graphdef,
+        rest,
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
       ),
       p_sh,
-      trainer.mesh.opt_shardings(trainer.rl_tx, trainer.params, p_sh),
+      mesh.opt_shardings(tx, params, p_sh),
     )
     self.teacher_fn = make_teacher_fn(
       self.t_graphdef,
       self.t_rest,
-      trainer.graphdef,
-      trainer.rest,
+      graphdef,
+      rest,
       student_vocab=student_vocab,
       full_logits=d.loss != "pg",
       release_k=int(d.release_k) if d.release else 0,
@@ -328,7 +278,9 @@ class Distiller:
     if mesh.multi_process:  # one teacher pass over the global batch (`_distill_local.py`)
       from postrain.train import _distill_local
 
-      self.teacher_fn = _distill_local.shard_teacher_fn(self.teacher_fn, self, trainer)
+      self.teacher_fn = _distill_local.shard_teacher_fn(
+        self.teacher_fn, mesh, self.t_param_shardings, param_shardings
+      )
 
   def state(self) -> dict[str, Any]:
     return {"teacher_params": self.teacher_params} if self.ema else {}
@@ -342,11 +294,19 @@ class Distiller:
     if self.ema:
       self.teacher_params = jax.tree.map(jnp.copy, params)
 
-  def step(self, tr: Any) -> dict[str, float]:
-    """One OPD / MOPD step of trainer `tr` (sample, teacher pass, updates); returns metrics.
+  def step(
+    self,
+    state: Any,
+    parts: Any,
+    problems: list[Any],
+    *,
+    record: Any = None,
+  ) -> tuple[Any, dict[str, float]]:
+    """One OPD / MOPD step from `state` (a `TrainState`) with the RL step's fixed `parts`
+    (`_rl_step.RLStepParts`): sample, teacher pass, updates; returns (new state, metrics).
 
     Each process samples and prepares its own share of the step's groups (one process: all of
     them), see `_distill_local.distill_step`."""
     from postrain.train import _distill_local
 
-    return _distill_local.distill_step(self, tr)
+    return _distill_local.distill_step(self, state, parts, problems, record=record)

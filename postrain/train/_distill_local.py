@@ -1,4 +1,4 @@
-"""The OPD / MOPD step with per-process data loading (`_local.rl_step` for the distillation modes):
+"""The OPD / MOPD step with per-process data loading (`_rl_step.rl_step` for the distillation modes):
 one code path for one process and for many.
 
 Every process computes the step's problem list (a function of (seed, step)) and takes its
@@ -26,65 +26,76 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, sharding
-from postrain.train import _data, _local, _rollout, _teacher
+from postrain.train import _rollout, _teacher
+from postrain.train._types import TrainState
 
 
-def shard_teacher_fn(fn: Callable[..., Any], dist: Any, trainer: Any) -> Callable[..., Any]:
+def shard_teacher_fn(
+  fn: Callable[..., Any], mesh: Any, teacher_shardings: Any, student_shardings: Any
+) -> Callable[..., Any]:
   """`make_teacher_fn(..., jit=False)` jitted on the mesh: teacher and student parameters in
   their shardings, every batch input and output split on the batch dimension."""
-  mesh = trainer.mesh
   b = mesh.batch
   return sharding.shard_batch_fn(
     fn,
-    (dist.t_param_shardings, b, b, trainer.param_shardings, b, b, b),
+    (teacher_shardings, b, b, student_shardings, b, b, b),
     b,
     logical_rules=mesh.logical_rules,
   )
 
 
-def distill_step(dist: Any, tr: Any) -> dict[str, float]:
+def distill_step(
+  dist: Any,
+  state: TrainState,
+  parts: Any,
+  problems: list[Any],
+  *,
+  record: Callable[[list[Any]], None] | None = None,
+) -> tuple[TrainState, dict[str, float]]:
   """One OPD / MOPD step (`Distiller.step`): each process samples, verifies and prepares only its
-  share of the step's groups (one process: all of them); metrics are of the whole batch."""
-  cfg, rl, mesh = tr.config, tr.config.rl, tr.mesh
-  problems = _data.step_problems(
-    tr.data.train, seed=cfg.seed, step=tr.step, count=rl.prompts_per_step
-  )
+  share of the step's groups (one process: all of them); metrics are of the whole batch.
+
+  dist: the `Distiller`; state: the student's `TrainState`; parts: the RL step's fixed parts
+  (`_rl_step.RLStepParts`: config, mesh, data, sampler, graphdef, rest); problems: the step's."""
+  cfg, rl, mesh, data = parts.config, parts.config.rl, parts.mesh, parts.data
   num_rows = len(problems) * rl.group_size
   mine = mesh.item_slice(len(problems), rl.group_size)
   problems = problems[mine]
-  tr._record_problems("distill", problems)
-  tr.sampler.update(nnx.merge(tr.graphdef, tr.params, tr.rest))
-  key = jax.random.fold_in(tr.base_key, tr.step)
+  if record is not None:
+    record(problems)
+  parts.sampler.update(nnx.merge(parts.graphdef, state.params, parts.rest))
+  key = jax.random.fold_in(state.rng, state.step)
   offset = mine.start if mesh.multi_process else None
   out, texts, sample_s = _rollout.generate_groups(
-    tr.sampler, tr.data, tr.data.encode_prompts(problems), rl, key=key, prompt_offset=offset
+    parts.sampler, data, data.encode_prompts(problems), rl, key=key, prompt_offset=offset
   )
   rewards, vstats = _rollout.score(
-    tr.data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
+    data, problems, texts, rl.group_size, cfg.task.verifier_timeout_s
   )
   batch, metrics, everyone = local_batch(
-    dist, tr, out, texts, problems, rewards, group_offset=mine.start, num_rows=num_rows
+    dist, state, parts, out, texts, problems, rewards, group_offset=mine.start, num_rows=num_rows
   )
   start = time.perf_counter()
   auxes = []
   for mb in mesh.device_minibatches(batch, rl.updates_per_batch):
-    tr.params, tr.opt_state, aux = dist.update(tr.params, tr.opt_state, mb)
+    state, aux = state.apply(dist.update, mb)
     if dist.ema:
-      dist.teacher_params = dist.ema_update(dist.teacher_params, tr.params)
+      dist.teacher_params = dist.ema_update(dist.teacher_params, state.params)
     auxes.append(aux)
   metrics.update(mesh.mean_metrics(auxes))
   update_s = time.perf_counter() - start
   all_rewards, lengths = everyone["rewards"], everyone["lengths"]
   metrics.update(reward_mean=float(np.mean(all_rewards)), response_len=float(np.mean(lengths)))
   metrics.update(
-    _local.rollout_metrics(mesh, out, vstats, all_rewards, lengths, sample_s, update_s)
+    _rollout.rollout_metrics(mesh, out, vstats, all_rewards, lengths, sample_s, update_s)
   )
-  return metrics
+  return state, metrics
 
 
 def local_batch(
   dist: Any,
-  tr: Any,
+  state: TrainState,
+  parts: Any,
   out: Any,
   texts: list[str],
   problems: list[Any],
@@ -100,7 +111,7 @@ def local_batch(
   `out` / `texts` / `problems` / `rewards` are this process's groups, the first being global group
   `group_offset`; the batch has `num_rows` rows in all.
   """
-  cfg, d, mesh = tr.config, tr.config.distill, tr.mesh
+  cfg, d, mesh, data = parts.config, parts.config.distill, parts.mesh, parts.data
   resp_len = cfg.rl.max_new_tokens
   tokens, valid = np.asarray(out.tokens), np.asarray(out.valid)
   targets = tokens[:, -resp_len:]
@@ -114,14 +125,14 @@ def local_batch(
   student = mesh.from_local({"tokens": tokens, "valid": valid, "targets": targets}, num_rows)
   if cfg.mode == "mopd":
     t_prompts, has_peer, truncated = _teacher.mopd_teacher_prompts(
-      tr.data,
+      data,
       problems,
       texts,
       rewards,
       group_size=cfg.rl.group_size,
       d=d,
       # Group i of the batch draws its random peer order from seed + i: the global index.
-      seed=cfg.seed * 100_003 + tr.step + group_offset,
+      seed=cfg.seed * 100_003 + state.step + group_offset,
     )
     rows.update(has_peer=has_peer, t_len=np.asarray([len(p) for p in t_prompts], np.int32))
     rows = mesh.gather_rows(rows, num_rows)
@@ -130,7 +141,7 @@ def local_batch(
       t_prompts,
       targets,
       valid[:, -resp_len:],
-      pad_id=max(tr.data.tokenizer.pad_id, 0),
+      pad_id=max(data.tokenizer.pad_id, 0),
       longest=int(rows["t_len"].max()),  # one teacher width for all processes' rows
     )
     if d.drop_no_peer:
@@ -148,7 +159,7 @@ def local_batch(
     dist.teacher_params,
     teacher_in["tokens"],
     teacher_in["valid"],
-    tr.params,
+    state.params,
     student["tokens"],
     student["valid"],
     student["targets"],
@@ -157,7 +168,7 @@ def local_batch(
     n_seg = int(d.release_num_segments)
     local = mesh.item_slice(num_rows)  # this process's rows of the global batch
     margin = mesh.to_host(tout.pop("margin"))[local]
-    seg = _teacher.segment_ids(targets, mask, tr.data.tokenizer, n_seg)
+    seg = _teacher.segment_ids(targets, mask, data.tokenizer, n_seg)
     keep, info = advantages.teachability_release(
       jnp.asarray(margin), jnp.asarray(seg), jnp.asarray(mask), num_segments=n_seg
     )

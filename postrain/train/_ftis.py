@@ -19,6 +19,7 @@ Batch layout (one process or many): the foreign groups are a block after all own
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpy as np
 
 from postrain import advantages
 from postrain.train import algorithms
+from postrain.train._types import RLBatch
 
 _ARRAYS = ("tokens", "valid", "response_mask", "generator_logp", "rewards")
 
@@ -99,7 +101,7 @@ def ftis_batch(
   adv_scale: str,
   ftis: Any,
   estimator: str = "group_normalized",
-) -> tuple[dict[str, jnp.ndarray], dict[str, float]]:
+) -> tuple[RLBatch, dict[str, float]]:
   """The RL batch of foreign rollouts (already aligned): F-TIS advantages and IS weights.
 
   Args:
@@ -125,43 +127,45 @@ def ftis_batch(
     kl_estimator=ftis.kl_estimator,
     kl_reduce=ftis.kl_reduce,
   )
-  batch = {
-    "tokens": jnp.asarray(rollouts["tokens"]),
-    "valid": jnp.asarray(rollouts["valid"]),
-    "mask": mask,
-    "loss_mask": mask,
-    "old_logp": learner_logp,
-    "advantages": res.advantages,
-    "rewards": rewards,
-    "is_weights": res.is_weights,
-  }
+  batch = RLBatch(
+    tokens=jnp.asarray(rollouts["tokens"]),
+    valid=jnp.asarray(rollouts["valid"]),
+    mask=mask,
+    loss_mask=mask,
+    old_logp=learner_logp,
+    advantages=res.advantages,
+    rewards=rewards,
+    is_weights=res.is_weights,
+  )
   metrics = {f"ftis_{k}": float(v) for k, v in res.metrics.items()}
   metrics["ftis_reward_mean"] = float(jnp.mean(rewards))
   return batch, metrics
 
 
 class ForeignRollouts:
-  """Adds foreign groups to a `Trainer`'s RL batches (created by it when rl.ftis.path is set)."""
+  """The F-TIS stage: this step's foreign groups appended to the RL batch (`rl.ftis.path` set).
 
-  def __init__(self, trainer: Any):
-    cfg = trainer.config
-    self.trainer, self.rl = trainer, cfg.rl
-    self.data = load_rollouts(cfg.rl.ftis.path)
+  Inputs are explicit: the RL config, the learner's vocabulary and pad id here; per step the own
+  batch, the step index and the learner's log-prob function (`extend` / `extend_global`).
+  """
+
+  def __init__(self, rl: Any, *, vocab_size: int, pad_id: int):
+    self.rl, self.pad_id = rl, pad_id
+    self.data = load_rollouts(rl.ftis.path)
     g, r = int(self.data["group_size"]), int(self.data["max_new_tokens"])
-    if g != cfg.rl.group_size:
+    if g != rl.group_size:
       raise ValueError(
-        f"config.rl.ftis.path: rollouts have group_size {g}, rl.group_size is {cfg.rl.group_size}"
+        f"config.rl.ftis.path: rollouts have group_size {g}, rl.group_size is {rl.group_size}"
       )
-    if r > cfg.rl.max_new_tokens:
+    if r > rl.max_new_tokens:
       raise ValueError(
-        f"config.rl.ftis.path: rollouts have {r} new tokens > rl.max_new_tokens "
-        f"{cfg.rl.max_new_tokens}"
+        f"config.rl.ftis.path: rollouts have {r} new tokens > rl.max_new_tokens {rl.max_new_tokens}"
       )
     vocab = int(self.data["vocab_size"])
-    if vocab != trainer.data.tokenizer.vocab_size:
+    if vocab != vocab_size:
       raise ValueError(
         f"config.rl.ftis.path: rollouts use a vocabulary of {vocab} tokens, the learner "
-        f"{trainer.data.tokenizer.vocab_size}"
+        f"{vocab_size}"
       )
     self.resp_len = r
     self.num_groups = self.data["tokens"].shape[0] // g
@@ -176,14 +180,15 @@ class ForeignRollouts:
     """The common prompt width of own and foreign rows (both left-padded to it)."""
     return max(own_prompt_width, self.data["tokens"].shape[1] - self.resp_len)
 
-  def align_own(self, batch: dict[str, Any], width: int) -> dict[str, np.ndarray]:
+  def align_own(self, batch: RLBatch, width: int) -> dict[str, np.ndarray]:
     """Own rows (sampler layout, host or device arrays) -> numpy at prompt width `width`, with
     `is_weights` = the response mask (generator = learner: ρ̄ = 1 on response tokens)."""
     resp, fill = self.rl.max_new_tokens, self._fills()
+    fields = batch.fields()
     own = {}
-    for k, v in batch.items():
+    for k, v in fields.items():
       v = np.asarray(v)
-      if v.ndim == 2 and v.shape[1] == batch["tokens"].shape[1]:
+      if v.ndim == 2 and v.shape[1] == fields["tokens"].shape[1]:
         v = realign(v, resp, width, resp, fill.get(k, 0))
       own[k] = v
     own["is_weights"] = own["mask"]
@@ -219,30 +224,43 @@ class ForeignRollouts:
       ftis=self.rl.ftis,
       estimator=self.rl.get("advantage", "group_normalized"),
     )
+    fb = fb.fields()
     if set(dtypes) != set(fb):
       missing = sorted(set(dtypes) ^ set(fb))
       raise ValueError(f"rl.ftis: cannot merge batches with fields {missing}")
     return {k: np.asarray(fb[k]).astype(dtypes[k]) for k in dtypes}, metrics
 
-  def extend(self, batch: dict[str, Any], rl_step: int) -> tuple[dict[str, Any], dict[str, float]]:
+  def extend(
+    self, batch: RLBatch, rl_step: int, logprobs: Callable[..., Any]
+  ) -> tuple[RLBatch, dict[str, float]]:
     """Own RL batch (sampler layout, all rows on this host) + this step's foreign groups, aligned,
-    with F-TIS weights: the `[own; foreign]` rows of `extend_global`, as host arrays."""
-    tr = self.trainer
-    width = self.prompt_width(batch["tokens"].shape[1] - self.rl.max_new_tokens)
+    with F-TIS weights: the `[own; foreign]` rows of `extend_global`, as process-local arrays.
+
+    logprobs: `(tokens, mask, valid) -> f32[Bf, T]`, the learner's log-probs before the update."""
+    width = self.prompt_width(batch.tokens.shape[1] - self.rl.max_new_tokens)
     own = self.align_own(batch, width)
 
-    def logprobs(tokens, mask, valid):
-      return tr.ref_logprobs(tr.params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(valid))
+    def learner(tokens, mask, valid):
+      return logprobs(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(valid))
 
-    fb, metrics = self.foreign_block(rl_step, width, logprobs, {k: v.dtype for k, v in own.items()})
+    fb, metrics = self.foreign_block(rl_step, width, learner, {k: v.dtype for k, v in own.items()})
     merged = {k: jnp.concatenate([jnp.asarray(own[k]), fb[k]], axis=0) for k in own}
-    return merged, metrics
+    return RLBatch(**merged), metrics
 
   def extend_global(
-    self, own: dict[str, np.ndarray], num_rows: int, rl_step: int
-  ) -> tuple[dict[str, Any], dict[str, float]]:
-    """This process's own rows (host, sampler layout) -> the step's global batch on the mesh:
-    the `num_rows` own rows, then the foreign block, and the F-TIS metrics.
+    self,
+    own: RLBatch,
+    num_rows: int,
+    rl_step: int,
+    *,
+    mesh: Any,
+    logprobs: Callable[..., Any],
+  ) -> tuple[RLBatch, dict[str, float]]:
+    """This process's own rows (sampler layout) -> the step's global batch on the mesh: the
+    `num_rows` own rows, then the foreign block, and the F-TIS metrics.
+
+    mesh: the run's `MeshContext`; logprobs: `(tokens, mask, valid) -> f32[Bf, T]` on global
+    arrays, the learner's log-probs with the parameters before the step's first update.
 
     Layout: the foreign rows form their own block after the own rows, `[own_0 .. own_{B-1};
     foreign_0 .. foreign_{Bf-1}]`, exactly the one-process batch, whatever the process count. Each
@@ -252,22 +270,21 @@ class ForeignRollouts:
     (`MeshContext.from_host`); the blocks are joined on the mesh (`MeshContext.concat_rows`), so
     consecutive minibatches cut the same rows as on one process. Needs `Bf =
     ftis.prompts_per_step * group_size` rows that split over the batch mesh axes (checked by
-    `_mesh.mesh_context`).
+    `_mesh_context.mesh_context`).
     """
-    tr, mesh = self.trainer, self.trainer.mesh
-    width = self.prompt_width(own["tokens"].shape[1] - self.rl.max_new_tokens)
+    width = self.prompt_width(own.tokens.shape[1] - self.rl.max_new_tokens)
     own = self.align_own(own, width)
 
-    def logprobs(tokens, mask, valid):
+    def learner(tokens, mask, valid):
       placed = mesh.from_host({"tokens": tokens, "mask": mask, "valid": valid})
-      logp = tr.ref_logprobs(tr.params, placed["tokens"], placed["mask"], placed["valid"])
+      logp = logprobs(placed["tokens"], placed["mask"], placed["valid"])
       # Several processes: all-gathered, so the F-TIS fields are host math on every process. One
       # process keeps the mesh array (its metrics reduce over the devices, as they always did).
       return mesh.to_host(logp) if mesh.multi_process else logp
 
-    fb, metrics = self.foreign_block(rl_step, width, logprobs, {k: v.dtype for k, v in own.items()})
+    fb, metrics = self.foreign_block(rl_step, width, learner, {k: v.dtype for k, v in own.items()})
     batch = mesh.concat_rows(mesh.from_local(own, num_rows), mesh.from_host(fb))
-    return batch, metrics
+    return RLBatch(**batch), metrics
 
   def _fills(self) -> dict[str, Any]:
-    return {"tokens": max(self.trainer.data.tokenizer.pad_id, 0), "valid": False}
+    return {"tokens": max(self.pad_id, 0), "valid": False}

@@ -103,29 +103,28 @@ def check_update_memory(
   return mem
 
 
-def abstract_rl_batch(config: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_rl_batch(config: Any) -> Any:
   """Shapes of one RL minibatch at the longest rollout (T = rl.cache_size, the prompt plus the
-  response never exceed it): what `_rollout.rl_batch` (+ ref_logp, F-TIS is_weights) builds."""
+  response never exceed it): what `_rl_step.rl_batch` (+ ref_logp, F-TIS is_weights) builds."""
   import jax.numpy as jnp
 
   rl = config.rl
   groups = rl.prompts_per_step + (rl.ftis.prompts_per_step if rl.ftis.path else 0)
   b, t = groups * rl.group_size // rl.updates_per_batch, rl.cache_size
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-  batch = {
-    "tokens": jax.ShapeDtypeStruct((b, t), jnp.int32),
-    "valid": jax.ShapeDtypeStruct((b, t), jnp.bool_),
-    "mask": f32(b, t),
-    "loss_mask": f32(b, t),
-    "old_logp": f32(b, t),
-    "advantages": f32(b, t) if rl.algorithm == "scrl" else f32(b),
-    "rewards": f32(b),
-  }
-  if rl.kl_coef > 0:
-    batch["ref_logp"] = f32(b, t)
-  if rl.ftis.path:
-    batch["is_weights"] = f32(b, t)
-  return batch
+  from postrain.train._types import RLBatch
+
+  return RLBatch(
+    tokens=jax.ShapeDtypeStruct((b, t), jnp.int32),
+    valid=jax.ShapeDtypeStruct((b, t), jnp.bool_),
+    mask=f32(b, t),
+    loss_mask=f32(b, t),
+    old_logp=f32(b, t),
+    advantages=f32(b, t) if rl.algorithm == "scrl" else f32(b),
+    rewards=f32(b),
+    ref_logp=f32(b, t) if rl.kl_coef > 0 else None,
+    is_weights=f32(b, t) if rl.ftis.path else None,
+  )
 
 
 def abstract_sft_batch(config: Any) -> dict[str, jax.ShapeDtypeStruct]:

@@ -1,5 +1,5 @@
-"""Rollouts and evaluation: sample groups with the in-JAX sampler, score them on the host with the
-task's verifier, and turn rewards into advantages."""
+"""Rollouts and evaluation: sample groups with the in-JAX sampler and score them on the host with
+the task's verifier (the sample and score helpers of the RL and distillation steps)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from postrain import advantages, tasks
+from postrain import tasks
 from postrain.sampling import Sampler
-from postrain.train import algorithms
 from postrain.train._data import TaskData
 
 EVAL_BATCH_SIZE = 64  # problems per evaluation sampler call
@@ -109,49 +107,27 @@ def score(
   )
 
 
-def rl_batch(
-  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float, rows: slice | None = None
-) -> tuple[dict[str, Any], dict[str, float]]:
-  """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays).
-
-  `rows` (a multi-process step): `out` holds rows `rows` of the step's batch and `rewards` all of
-  them, so group and batch statistics and the reward metrics are those of the whole batch; the
-  returned arrays are `out`'s rows ("response_len" is then the mean over `out`'s rows only).
-  """
-  rewards_j = jnp.asarray(rewards, jnp.float32)
-  mask = out.response_mask.astype(jnp.float32)
-  adv = algorithms.compute_advantages(rl, rewards_j)  # rl.advantage: group_normalized | rloo
-  zero_var = advantages.zero_variance_groups(rewards_j, group_size=rl.group_size)
-  zero_var_frac = jnp.mean(zero_var.astype(jnp.float32))
-  if rows is not None:
-    adv, zero_var, rewards_j = adv[rows], zero_var[rows], rewards_j[rows]
-  loss_mask = mask
-  if rl.dynamic_sampling:  # DAPO: groups without reward variance carry no signal; drop them.
-    loss_mask = loss_mask * (~zero_var)[:, None].astype(jnp.float32)
-  if rl.temporal.enabled:
-    loss_mask = advantages.temporal_window(
-      loss_mask,
-      progress,
-      start=0.0,
-      end=rl.temporal.end_progress,
-      rho0=1.0 - rl.temporal.start_frac,
-    )
-  batch = {
-    "tokens": out.tokens,
-    "valid": out.valid,
-    "mask": mask,
-    "loss_mask": loss_mask,
-    "old_logp": out.model_logp,
-    "advantages": adv,
-    "rewards": rewards_j,
+def rollout_metrics(
+  mesh: Any,
+  out: Any,
+  vstats: Any,
+  rewards: np.ndarray,
+  lengths: np.ndarray,
+  sample_s: float,
+  update_s: float,
+) -> dict[str, float]:
+  """Whole-batch accuracy, throughput and verifier counts of a step: `rewards` / `lengths` are
+  all B rows (all-gathered), `out` / `vstats` this process's rows (summed over processes)."""
+  timeouts, errors, train_tokens = mesh.sum_over_processes(
+    [vstats.timeouts, vstats.errors, int(np.asarray(out.valid).sum())]
+  )
+  return {
+    "accuracy": float(np.mean(rewards > 0.5)),
+    "sample_tokens_per_s": float(lengths.sum()) / sample_s,
+    "train_tokens_per_s": float(train_tokens) / update_s,
+    "verifier_timeouts": float(timeouts),
+    "verifier_errors": float(errors),
   }
-  metrics = {
-    "reward_mean": float(np.mean(rewards)),
-    "reward_std": float(np.std(rewards)),
-    "zero_variance_frac": float(zero_var_frac),
-    "response_len": float(np.mean(np.asarray(out.lengths))),
-  }
-  return batch, metrics
 
 
 def _accuracy(data, problems, texts, n, timeout_s) -> np.ndarray:

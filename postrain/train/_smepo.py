@@ -129,6 +129,37 @@ def guide_share(
   return out, counts
 
 
+def smepo_stage(
+  data: Any,
+  problems: list[tasks.Problem],
+  prompts: list[list[int]],
+  *,
+  rl: mlc.ConfigDict,
+  seed: int,
+  step: int,
+  mesh: Any,
+  offset: int,
+  total: int,
+) -> tuple[list[list[int]], dict[str, float]]:
+  """The SMEPO prompt stage of one RL step on this process's share (items `[offset, offset +
+  len(problems))` of the step's `total`): (the prompts, some guided; the whole step's metrics,
+  the counts summed over processes by `mesh.sum_over_processes`)."""
+  prompts, counts = guide_share(
+    data,
+    problems,
+    prompts,
+    cfg=rl.smepo,
+    seed=seed,
+    step=step,
+    max_prompt_len=rl.cache_size - rl.max_new_tokens,
+    offset=offset,
+    total=total,
+  )
+  summed = mesh.sum_over_processes(list(counts.values()))
+  counts = {name: int(c) for name, c in zip(counts, np.atleast_1d(summed))}
+  return prompts, metrics_from_counts(counts, total)
+
+
 def metrics_from_counts(counts: dict[str, int], num_problems: int) -> dict[str, float]:
   """The step's SMEPO metrics from its counts (`guide_share`, summed over processes)."""
   return {

@@ -23,28 +23,13 @@ import numpy as np
 from flax import nnx
 
 from postrain import losses, models, tasks
+from postrain.train._distill_config import SOURCES, teacher_config  # noqa: F401
 from postrain.train.runs import (  # noqa: F401  (the run API; default_tokenizer for the trainer)
   default_tokenizer,
   load_run,
   read_config,
   run_tokenizer_path,
 )
-
-SOURCES = ("none", "workdir", "hf", "gguf", "ema")
-
-
-def teacher_config() -> mlc.ConfigDict:
-  """Defaults of `config.teacher`."""
-  t = mlc.ConfigDict()
-  t.source = "none"  # "none", "workdir", "hf", "gguf" or "ema"
-  t.path = ""  # postrain workdir, HF checkpoint dir or GGUF file
-  # For source="workdir": replace the model of the teacher run's config.json (rarely needed).
-  t.model_name = ""
-  t.overrides = mlc.ConfigDict()
-  t.dtype = "float32"
-  t.ema_decay = 0.95  # source="ema": θ_T <- decay θ_T + (1 - decay) θ (MOPD: rate 0.05)
-  t.vocab_map = ""  # optional .npy i32[V_s]: student token id -> teacher token id
-  return t
 
 
 def build_teacher(

@@ -2,8 +2,8 @@
 
 An entry (`Algorithm`) names
   * `loss`: `(logp, batch, spec, margin) -> (loss f32[], aux dict)` on one minibatch, where `logp`
-    f32[B, T] are the policy's log-probs, `batch` the update batch (`old_logp`, `advantages`,
-    `loss_mask`, `rewards`, optional `is_weights`), `spec` the static `RLSpec` (`_steps.py`) and
+    f32[B, T] are the policy's log-probs, `batch` the update batch (an `RLBatch`: `old_logp`,
+    `advantages`, `loss_mask`, `rewards`, optional `is_weights`), `spec` the static `RLSpec` (`_update.py`) and
     `margin` this step's ConSPO margin;
   * `defaults`: the `config.rl` keys `config.set_algorithm` sets (the paper's hyperparameters);
   * `section`: the algorithm's own sub-config `config.rl.<name>` with its defaults (its
@@ -13,7 +13,7 @@ An entry (`Algorithm`) names
   * `is_weights`: whether the loss takes F-TIS per-token importance weights;
   * `normalisers`: `normalisers(spec) -> (loss_count, {aux_key: count})`, the batch count each
     term is a mean over (micro-batched updates scale each micro-batch's terms by its share of the
-    minibatch's counts, `_steps.py`). Default (`agg_normalisers`): `rl.agg`'s count, loss-mask
+    minibatch's counts, `_update.py`). Default (`agg_normalisers`): `rl.agg`'s count, loss-mask
     tokens for "token_mean" and rows with tokens otherwise, and every aux a loss-mask token mean;
   * `counts`: `counts(batch, spec) -> {name: f32[]}`, counts of its own beyond the token and row
     counts (ConSPO's groups, positives and negatives).
@@ -67,16 +67,16 @@ def _ppo(level: str):
     del margin
     return losses.ppo_clip(
       logp,
-      batch["old_logp"],
-      batch["advantages"],
-      batch["loss_mask"],
+      batch.old_logp,
+      batch.advantages,
+      batch.loss_mask,
       eps_low=spec.eps_low,
       eps_high=spec.eps_high,
       level=level,
       agg=spec.agg,
       dual_clip=spec.dual_clip,
       max_len=spec.max_len,
-      is_weights=batch.get("is_weights"),  # F-TIS capped generator->learner weights
+      is_weights=batch.is_weights,  # F-TIS capped generator->learner weights
     )
 
   return loss
@@ -89,9 +89,9 @@ def _clipped(fn):
     del margin
     return fn(
       logp,
-      batch["old_logp"],
-      batch["advantages"],
-      batch["loss_mask"],
+      batch.old_logp,
+      batch.advantages,
+      batch.loss_mask,
       eps_low=spec.eps_low,
       eps_high=spec.eps_high,
       agg=spec.agg,
@@ -108,8 +108,8 @@ _CONSPO_POS_THRESHOLD = 0.5
 def _conspo(logp, batch, spec, margin):
   return losses.conspo(
     logp,
-    batch["loss_mask"],
-    batch["rewards"],
+    batch.loss_mask,
+    batch.rewards,
     group_size=spec.group_size,
     tau=spec.conspo_tau,
     margin=margin,
@@ -121,9 +121,9 @@ def _conspo_counts(batch, spec):
   """Groups, groups with both positives and negatives, positives and negatives (rows with
   tokens), the normalisers of `losses.conspo`'s loss and aux."""
   f32 = jnp.float32
-  has = jnp.sum(batch["loss_mask"].astype(f32), axis=-1) > 0
-  pos = has & (batch["rewards"] > _CONSPO_POS_THRESHOLD)
-  neg = has & ~(batch["rewards"] > _CONSPO_POS_THRESHOLD)
+  has = jnp.sum(batch.loss_mask.astype(f32), axis=-1) > 0
+  pos = has & (batch.rewards > _CONSPO_POS_THRESHOLD)
+  neg = has & ~(batch.rewards > _CONSPO_POS_THRESHOLD)
   n_pos = jnp.sum(pos.reshape(-1, spec.group_size), axis=-1)
   n_neg = jnp.sum(neg.reshape(-1, spec.group_size), axis=-1)
   return dict(
@@ -143,12 +143,12 @@ def _sapo(logp, batch, spec, margin):
   del margin
   return losses.sapo(
     logp,
-    batch["old_logp"],
-    batch["advantages"],
-    batch["loss_mask"],
+    batch.old_logp,
+    batch.advantages,
+    batch.loss_mask,
     agg=spec.agg,
     max_len=spec.max_len,
-    is_weights=batch.get("is_weights"),
+    is_weights=batch.is_weights,
     **dict(spec.loss_kwargs),
   )
 
@@ -275,9 +275,9 @@ def get(name: str) -> Algorithm:
     def loss(logp, batch, spec, margin):
       del margin
       kwargs = dict(spec.loss_kwargs)
-      if "is_weights" in batch:
-        kwargs["is_weights"] = batch["is_weights"]
-      return fn(logp, batch["old_logp"], batch["advantages"], batch["loss_mask"], **kwargs)
+      if batch.is_weights is not None:
+        kwargs["is_weights"] = batch.is_weights
+      return fn(logp, batch.old_logp, batch.advantages, batch.loss_mask, **kwargs)
 
     return Algorithm(name, loss)
   raise ValueError(
@@ -287,7 +287,7 @@ def get(name: str) -> Algorithm:
 
 
 def policy_loss(logp: jax.Array, batch: dict[str, jax.Array], spec: Any, margin: jax.Array):
-  """The policy loss of `spec.algorithm` (the registry lookup `_steps.rl_loss` calls)."""
+  """The policy loss of `spec.algorithm` (the registry lookup `_update.rl_loss` calls)."""
   return get(spec.algorithm).loss(logp, batch, spec, margin)
 
 

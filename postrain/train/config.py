@@ -153,7 +153,7 @@ def base_config() -> mlc.ConfigDict:
   c.rl.ftis.kl_estimator = "k3"
   c.rl.ftis.kl_reduce = "sum"
 
-  from postrain.train._distill import distill_config, teacher_config
+  from postrain.train._distill_config import distill_config, teacher_config
 
   c.teacher = teacher_config()
   c.distill = distill_config()
@@ -317,7 +317,7 @@ def validate(c: mlc.ConfigDict) -> None:
     f"must be <= task.num_eval={c.task.num_eval} (the held-out problems), "
     f"got {c.eval.num_problems}",
   )
-  from postrain.train._distill import validate_distill
+  from postrain.train._distill_config import validate_distill
 
   validate_distill(c, need)
   _validate_sharding(c, need)

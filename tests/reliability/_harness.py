@@ -36,7 +36,7 @@ def _pause() -> None:
 def _install() -> None:
   import orbax.checkpoint as ocp
 
-  from postrain.train import _checkpoint, _loop
+  from postrain.train import _checkpoint, _trainer
 
   enter = _checkpoint.StopFlag.__enter__
 
@@ -47,7 +47,7 @@ def _install() -> None:
   _checkpoint.StopFlag.__enter__ = flag_enter
   if _WHERE == "step":
     for name in ("_sft_step", "_rl_step"):
-      original = getattr(_loop.Trainer, name)
+      original = getattr(_trainer.Trainer, name)
 
       def wrapped(self, _original=original):
         if self.step == _AT:
@@ -55,7 +55,7 @@ def _install() -> None:
           _pause()
         return _original(self)
 
-      setattr(_loop.Trainer, name, wrapped)
+      setattr(_trainer.Trainer, name, wrapped)
   elif _WHERE == "checkpoint":
     finalize = ocp.CompositeCheckpointHandler.finalize
 

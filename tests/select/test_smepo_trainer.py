@@ -9,7 +9,7 @@ from selectutil import REPO
 
 from postrain import tasks
 from postrain.tasks import _tokenizer, smepo
-from postrain.train import _loop, _smepo
+from postrain.train import _smepo, _trainer
 
 
 class _Captured(Exception):
@@ -37,7 +37,7 @@ def _capture_prompts(trainer, monkeypatch):
     seen["prompts"] = prompts
     raise _Captured
 
-  monkeypatch.setattr(_loop._rollout, "generate", fake_generate)
+  monkeypatch.setattr(_trainer._rollout, "generate", fake_generate)
   with pytest.raises(_Captured):
     trainer._rl_step()
   return seen["prompts"]
@@ -53,7 +53,7 @@ def _step_problems(trainer):
 
 
 def test_disabled_prompts_are_unchanged(tmp_path, monkeypatch):
-  trainer = _loop.Trainer(_rl_config(False), str(tmp_path / "off"))
+  trainer = _trainer.Trainer(_rl_config(False), str(tmp_path / "off"))
   problems = _step_problems(trainer)
   got = _capture_prompts(trainer, monkeypatch)
   tok = trainer.data.tokenizer
@@ -65,7 +65,7 @@ def test_disabled_prompts_are_unchanged(tmp_path, monkeypatch):
 
 
 def test_enabled_prompts_hold_masked_trace_not_answer(tmp_path, monkeypatch):
-  trainer = _loop.Trainer(_rl_config(True), str(tmp_path / "on"))
+  trainer = _trainer.Trainer(_rl_config(True), str(tmp_path / "on"))
   problems = _step_problems(trainer)
   got = _capture_prompts(trainer, monkeypatch)
   tok = trainer.data.tokenizer
@@ -88,7 +88,7 @@ def test_enabled_prompts_hold_masked_trace_not_answer(tmp_path, monkeypatch):
 
 
 def test_fraction_and_leaks_are_counted(tmp_path, monkeypatch):
-  trainer = _loop.Trainer(_rl_config(True, fraction=0.5), str(tmp_path / "half"))
+  trainer = _trainer.Trainer(_rl_config(True, fraction=0.5), str(tmp_path / "half"))
   problems = _step_problems(trainer)
   plain = trainer.data.encode_prompts(problems)
   out, metrics = _smepo.guide_prompts(
@@ -120,7 +120,7 @@ def test_fraction_and_leaks_are_counted(tmp_path, monkeypatch):
 
 
 def test_full_rl_step_with_smepo(tmp_path):
-  trainer = _loop.Trainer(_rl_config(True), str(tmp_path / "step"))
+  trainer = _trainer.Trainer(_rl_config(True), str(tmp_path / "step"))
   metrics = trainer._rl_step()
   assert metrics["smepo/guided_frac"] == 1.0
   assert np.isfinite(metrics["loss"])

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from postrain.selection._by_score import select_top_fraction
 from postrain.selection._grace import grace_scores, grace_scores_from_upstream, upstream_gradients
-from postrain.selection._select import select_top_fraction
-from postrain.selection._steps import pack_steps, split_steps
+from postrain.selection._trace_steps import pack_steps, split_steps
 
 D, VOCAB, K = 8, 13, 4
 

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postrain.selection._hes import entropy_variants, hes_score, hes_token_counts, token_entropy
-from postrain.selection._select import (
+from postrain.selection._by_score import (
   hes_group_downsample,
   kept_group_advantages,
   select_top_fraction,
   select_top_k,
   select_top_k_per_group,
 )
+from postrain.selection._hes import entropy_variants, hes_score, hes_token_counts, token_entropy
 
 hes_jit = jax.jit(hes_score, static_argnames=("ratio", "min_tokens", "rounding"))
 

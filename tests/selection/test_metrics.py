@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postrain.selection._metrics import (
+from postrain.selection._dataset_metrics import (
   cosine_alignment,
   dataset_metrics,
   hashed_bow_embedder,

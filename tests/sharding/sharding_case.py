@@ -11,13 +11,13 @@ import optax
 from flax import nnx
 
 from postrain import models
-from postrain.train import _steps
+from postrain.train import _update
 
 # 4 query and 4 KV heads, vocab 512, MLP 128, embed 64: divisible by every mesh axis size tested.
 CFG = models.get_config("tiny", num_kv_heads=4)
 BATCH, LENGTH, GROUP = 8, 16, 4
 
-SPEC = _steps.RLSpec(
+SPEC = _update.RLSpec(
     algorithm="gspo", group_size=GROUP, eps_low=3e-4, eps_high=4e-4, dual_clip=None,
     agg="seq_mean_token_mean", max_len=None, kl_coef=0.1, kl_kind="k3", entropy_coef=0.01,
     conspo_tau=10.0, logprob_impl="naive",
@@ -38,11 +38,11 @@ def optimizer() -> optax.GradientTransformation:
 
 
 def rl_update(graphdef, rest, tx):
-  return _steps.make_update(functools.partial(_steps.rl_loss, spec=SPEC), tx, graphdef, rest)
+  return _update.make_update(functools.partial(_update.rl_loss, spec=SPEC), tx, graphdef, rest)
 
 
 def logprob_fn(graphdef, rest):
-  return _steps.make_logprob_fn(graphdef, rest, "naive")
+  return _update.make_logprob_fn(graphdef, rest, "naive")
 
 
 def margin():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trainer_case as case
 
-from postrain.train import _data, _scrl, _smepo
+from postrain.train import _data, _scrl_stage, _smepo
 
 ANY_DEVICES = True  # host-side arithmetic only: runs in-process whatever the devices
 G, P, T, K = 4, 4, 10, 3
@@ -45,11 +45,13 @@ def test_scrl_rows_of_each_share_equal_the_whole_batch(scale):
   out, sub, outcome, span, fmt = _scrl_rollout(0)
   is_curr = np.tile(np.arange(G) < G // 2, P)
   rl = mlc.ConfigDict(dict(group_size=G, adv_scale=scale))
-  full, full_metrics, full_orig = _scrl.scrl_rl_batch(out, sub, outcome, span, fmt, is_curr, rl=rl)
+  full, full_metrics, full_orig = _scrl_stage.scrl_rl_batch(
+    out, sub, outcome, span, fmt, is_curr, rl=rl
+  )
   assert np.abs(np.asarray(full["advantages"])).max() > 0.1  # not a trivial all-zero case
   for rows in SHARES:
     # The process holds `out` and the spans of its rows only; per-row rewards are all-gathered.
-    part, metrics, orig = _scrl.scrl_rl_batch(
+    part, metrics, orig = _scrl_stage.scrl_rl_batch(
       _rows(out, rows), sub, outcome, span[rows], fmt, is_curr, rl=rl, rows=rows
     )
     for key in ("advantages", "rewards", "tokens", "mask", "old_logp"):

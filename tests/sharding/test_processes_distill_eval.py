@@ -85,15 +85,15 @@ def test_evaluation_per_process_equals_one_process(tmp_path):
 
 @pytest.mark.parametrize(("num", "ok"), [(5, False), (6, True), (65, False), (66, True)])
 def test_eval_problems_that_do_not_split_over_processes_are_refused(monkeypatch, num, ok):
-  from postrain.train import _mesh
+  from postrain.train import _mesh_context
 
   cfg = case.config((("eval.num_problems", num),), data=1, tensor=-1)
-  monkeypatch.setattr(_mesh.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(_mesh_context.jax, "process_count", lambda: 2)
   if ok:
-    _mesh.mesh_context(cfg)
+    _mesh_context.mesh_context(cfg)
     return
   with pytest.raises(ValueError, match=re.escape("config.eval.num_problems: ") + ".* 2 processes"):
-    _mesh.mesh_context(cfg)
+    _mesh_context.mesh_context(cfg)
 
 
 def test_mopd_groups_of_one_process_with_the_global_seed_equal_the_whole_batch():

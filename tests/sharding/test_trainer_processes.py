@@ -108,26 +108,26 @@ def test_smepo_and_ftis_run_equals_one_process(tmp_path):
 def test_ftis_block_that_does_not_split_over_the_batch_axes_is_refused():
   import types
 
-  from postrain.train import _mesh
+  from postrain.train import _mesh_context
 
   cfg = case.config((("rl.ftis.path", "foreign.npz"), ("rl.ftis.prompts_per_step", 1)))
   ctx = types.SimpleNamespace(batch_ways=8, mesh=types.SimpleNamespace(shape={"data": 8}))
   with pytest.raises(ValueError, match=re.escape("config.rl.ftis.prompts_per_step: the 4 foreign")):
-    _mesh._check_batch_sizes(cfg, ctx)
+    _mesh_context._check_batch_sizes(cfg, ctx)
   cfg.rl.ftis.prompts_per_step = 2  # 8 foreign rows split, but the minibatches have 12 rows
   with pytest.raises(ValueError, match=re.escape("config.rl.ftis.prompts_per_step: each update")):
-    _mesh._check_batch_sizes(cfg, ctx)
+    _mesh_context._check_batch_sizes(cfg, ctx)
   ctx.batch_ways = 4  # (4 + 2) * 4 / 2 = 12 rows per minibatch: 3 per piece
-  _mesh._check_batch_sizes(cfg, ctx)
+  _mesh_context._check_batch_sizes(cfg, ctx)
 
 
 @pytest.mark.parametrize(
   ("key", "value"), [("rl.prompts_per_step", 3), ("sft.batch_size", 5)], ids=["rl", "sft"]
 )
 def test_batch_that_does_not_split_over_processes_is_refused(monkeypatch, key, value):
-  from postrain.train import _mesh
+  from postrain.train import _mesh_context
 
   cfg = case.config(((key, value),), data=1, tensor=-1)  # one batch piece: only this check
-  monkeypatch.setattr(_mesh.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(_mesh_context.jax, "process_count", lambda: 2)
   with pytest.raises(ValueError, match=re.escape(f"config.{key}: ") + ".* 2 processes"):
-    _mesh.mesh_context(cfg)
+    _mesh_context.mesh_context(cfg)

@@ -130,7 +130,7 @@ def flat(tree):
 def assert_trees_close(actual, expected, what, *, atol=1e-4, tight=1e-6, max_loose=1e-3):
   """Trees of the same run computed on different meshes agree to float32 reduction-order noise.
 
-  AdamW divides each update by sqrt(nu) + 1e-8 (`_steps.make_optimizer`), so for a weight whose
+  AdamW divides each update by sqrt(nu) + 1e-8 (`train.make_optimizer`), so for a weight whose
   gradient is ~1e-8 the reduction-order noise of the gradient can move it differently by up to
   ~lr (3e-3 here): every element must agree to `atol`, and all but a fraction `max_loose` of them
   to `tight` (rtol 1e-5 both).

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from postrain.tasks.selfplay._gate import GateVerdict
-from postrain.tasks.selfplay._loop import (
+from postrain.tasks.selfplay._loop_parts import (
   Task,
   TaskPool,
   admit,

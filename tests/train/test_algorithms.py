@@ -49,12 +49,13 @@ def test_every_registered_loss_runs_on_a_batch(name):
   rng = np.random.default_rng(0)
   b, t = 8, 6
   logp = jnp.asarray(rng.uniform(-3, -0.1, (b, t)), jnp.float32)
-  batch = {
-    "old_logp": logp + jnp.asarray(rng.normal(0, 0.1, (b, t)), jnp.float32),
-    "advantages": jnp.asarray(rng.normal(size=b), jnp.float32),
-    "loss_mask": jnp.asarray(rng.random((b, t)) < 0.8, jnp.float32),
-    "rewards": jnp.asarray(rng.integers(0, 2, b), jnp.float32),
-  }
+  batch = types.SimpleNamespace(  # the fields of an RLBatch a policy loss reads
+    old_logp=logp + jnp.asarray(rng.normal(0, 0.1, (b, t)), jnp.float32),
+    advantages=jnp.asarray(rng.normal(size=b), jnp.float32),
+    loss_mask=jnp.asarray(rng.random((b, t)) < 0.8, jnp.float32),
+    rewards=jnp.asarray(rng.integers(0, 2, b), jnp.float32),
+    is_weights=None,
+  )
   c = config_lib.set_algorithm(load_config(), name)
   spec = types.SimpleNamespace(algorithm=name)
   for k in ("eps_low", "eps_high", "agg", "group_size", "conspo_tau"):
@@ -78,7 +79,7 @@ def test_sapo_entry_passes_its_section_to_the_loss():
   spec = types.SimpleNamespace(
     algorithm="sapo", agg=c.rl.agg, max_len=None, loss_kwargs=algorithms.loss_kwargs(c.rl)
   )
-  batch = {"old_logp": old, "advantages": adv, "loss_mask": mask}
+  batch = types.SimpleNamespace(old_logp=old, advantages=adv, loss_mask=mask, is_weights=None)
   got = algorithms.policy_loss(logp, batch, spec, 0.0)[0]
   want = losses.sapo(logp, old, adv, mask, tau_pos=1.0, tau_neg=2.0, agg=c.rl.agg)[0]
   np.testing.assert_allclose(got, want, rtol=1e-6)

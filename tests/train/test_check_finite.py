@@ -7,13 +7,15 @@ import os
 import pytest
 from trainutil import load_config
 
-from postrain.train import _metrics
+from postrain.train import _metrics_log
 
 
 def test_check_finite_names_the_first_non_finite_metric_and_step():
-  _metrics.check_finite({"loss": 1.0, "grad_norm": 2.0}, step=3, kind="train")
+  _metrics_log.check_finite({"loss": 1.0, "grad_norm": 2.0}, step=3, kind="train")
   with pytest.raises(FloatingPointError, match=r"train metric 'grad_norm' is nan at step 7"):
-    _metrics.check_finite({"loss": 1.0, "grad_norm": math.nan, "x": math.inf}, step=7, kind="train")
+    _metrics_log.check_finite(
+      {"loss": 1.0, "grad_norm": math.nan, "x": math.inf}, step=7, kind="train"
+    )
 
 
 @pytest.mark.slow

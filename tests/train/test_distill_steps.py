@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from postrain import advantages, models
-from postrain.train import _distill, _ftis, _rollout, _steps, _teacher
+from postrain.train import _distill, _ftis, _rl_step, _teacher, _update
 from postrain.train import config as config_lib
 
 V, B, T, R = 48, 4, 14, 6
@@ -276,7 +276,7 @@ G = 4
 def _rl_setup():
   model = _model(2)
   g, params, rest = nnx.split(model, nnx.Param, ...)
-  spec = _steps.RLSpec(
+  spec = _update.RLSpec(
     algorithm="grpo",
     group_size=G,
     eps_low=0.2,
@@ -291,8 +291,8 @@ def _rl_setup():
     logprob_impl="naive",
   )
   tx = optax.sgd(0.5)  # linear in the gradient: equal updates <=> equal gradients
-  update = _steps.make_update(functools.partial(_steps.rl_loss, spec=spec), tx, g, rest)
-  logprob = _steps.make_logprob_fn(g, rest, "naive")
+  update = _update.make_update(functools.partial(_update.rl_loss, spec=spec), tx, g, rest)
+  logprob = _update.make_logprob_fn(g, rest, "naive")
   # Rollouts "written by the same params": two prompts (left-padded) with G responses each, the
   # generator log-probs being the learner's own (what the sampler records at temperature 1).
   rng = np.random.default_rng(3)
@@ -325,7 +325,7 @@ def _ftis_cfg(**kw):
 def _plain_batch(out, rewards):
   rl = mlc.ConfigDict(dict(group_size=G, adv_scale="group", dynamic_sampling=False))
   rl.temporal = mlc.ConfigDict(dict(enabled=False))
-  return _rollout.rl_batch(out, rewards, rl=rl, progress=0.0)[0]
+  return _rl_step.rl_batch(out, rewards, rl=rl, progress=0.0)[0]
 
 
 def test_ftis_with_the_learner_as_generator_equals_grpo(tmp_path):
@@ -338,7 +338,7 @@ def test_ftis_with_the_learner_as_generator_equals_grpo(tmp_path):
   learner = logprob(params, jnp.asarray(data["tokens"]), mask, jnp.asarray(data["valid"]))
   fb, metrics = _ftis.ftis_batch(data, learner, group_size=G, adv_scale="group", ftis=_ftis_cfg())
   assert metrics["ftis_filtered_count"] == 0
-  np.testing.assert_allclose(fb["is_weights"], mask, atol=1e-4)
+  np.testing.assert_allclose(fb.is_weights, mask, atol=1e-4)
   p_ftis, _, aux_f = update(params, tx.init(params), fb, 0.0)
   p_grpo, _, aux_g = update(params, tx.init(params), _plain_batch(out, rewards), 0.0)
   np.testing.assert_allclose(float(aux_f["loss"]), float(aux_g["loss"]), atol=1e-6)
@@ -368,11 +368,11 @@ def test_ftis_filters_far_negative_samples_and_caps_weights():
   adv = np.asarray(advantages.group_normalized(jnp.asarray(rewards), group_size=G))
   # k3 KL per token = e^-3 + 3 - 1 > 1, so every negative sample is filtered, positives kept.
   assert metrics["ftis_filtered_count"] == (adv < 0).sum()
-  np.testing.assert_allclose(fb["advantages"], np.where(adv < 0, 0.0, adv), atol=1e-6)
-  np.testing.assert_allclose(fb["is_weights"], 2.0 * np.asarray(mask), atol=1e-5)
+  np.testing.assert_allclose(fb.advantages, np.where(adv < 0, 0.0, adv), atol=1e-6)
+  np.testing.assert_allclose(fb.is_weights, 2.0 * np.asarray(mask), atol=1e-5)
   # Filtered rows give no gradient: zeroing their advantage by hand gives the same update.
   p1 = update(params, tx.init(params), fb, 0.0)[0]
-  hand = dict(fb, advantages=jnp.asarray(np.where(adv < 0, 0.0, adv), jnp.float32))
+  hand = fb.replace(advantages=jnp.asarray(np.where(adv < 0, 0.0, adv), jnp.float32))
   p2 = update(params, tx.init(params), hand, 0.0)[0]
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_allclose(a, b, atol=1e-7)
@@ -399,21 +399,16 @@ def test_foreign_rollouts_join_the_rl_batch_aligned_with_ftis_fields(tmp_path):
   _ftis.write_rollouts(path, wide, rewards, group_size=G, max_new_tokens=6, vocab_size=V)
   ftis = _ftis_cfg(path=path, prompts_per_step=1)
   rl = mlc.ConfigDict(dict(group_size=G, max_new_tokens=8, adv_scale="group", ftis=ftis))
-  trainer = types.SimpleNamespace(
-    config=mlc.ConfigDict(dict(rl=rl)),
-    data=types.SimpleNamespace(tokenizer=types.SimpleNamespace(vocab_size=V, pad_id=0)),
-    ref_logprobs=logprob,
-    params=params,
-  )
-  foreign = _ftis.ForeignRollouts(trainer)
-  merged, metrics = foreign.extend(dict(own), rl_step=1)  # step 1: the file's second group
-  assert merged["tokens"].shape == (2 * G + G, 13)  # prompt width 5, response 8
-  np.testing.assert_array_equal(merged["tokens"][: 2 * G, 1:], own["tokens"])
+  foreign = _ftis.ForeignRollouts(rl, vocab_size=V, pad_id=0)
+  learner = lambda t, m, v: logprob(params, t, m, v)  # noqa: E731
+  merged, metrics = foreign.extend(own, 1, learner)  # step 1: the file's second group
+  assert merged.tokens.shape == (2 * G + G, 13)  # prompt width 5, response 8
+  np.testing.assert_array_equal(merged.tokens[: 2 * G, 1:], own.tokens)
   rows = slice(G, 2 * G)
   want = np.asarray(out.tokens)[rows, :-2]  # the foreign rows: [prompt 4 | response 6]
-  np.testing.assert_array_equal(merged["tokens"][2 * G :, 1:11], want)
-  np.testing.assert_array_equal(merged["is_weights"][: 2 * G, 1:], own["mask"])
+  np.testing.assert_array_equal(merged.tokens[2 * G :, 1:11], want)
+  np.testing.assert_array_equal(merged.is_weights[: 2 * G, 1:], own.mask)
   assert {"ftis_filtered_count", "ftis_kl_mean", "ftis_is_weight_mean"} <= set(metrics)
   with pytest.raises(ValueError, match="group_size"):
-    trainer.config.rl.group_size = 2
-    _ftis.ForeignRollouts(trainer)
+    rl.group_size = 2
+    _ftis.ForeignRollouts(rl, vocab_size=V, pad_id=0)

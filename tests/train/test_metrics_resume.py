@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from postrain.train import _metrics
+from postrain.train import _metrics_log
 
 
 def _write(path, records, tail=""):
@@ -18,7 +18,7 @@ def _write(path, records, tail=""):
 
 
 def _log(workdir):
-  return _metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return _metrics_log.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 RECORDS = [{"step": s, "kind": "train", "loss": float(s)} for s in (1, 2, 3, 4)] + [
@@ -32,7 +32,7 @@ RECORDS = [{"step": s, "kind": "train", "loss": float(s)} for s in (1, 2, 3, 4)]
 def test_resume_at_an_eval_step_logs_that_eval_once(tmp_path):
   workdir = str(tmp_path)
   _write(os.path.join(workdir, "metrics.jsonl"), RECORDS)
-  writer = _metrics.MetricsWriter(workdir, resume_step=4)  # the checkpoint of step 4
+  writer = _metrics_log.MetricsWriter(workdir, resume_step=4)  # the checkpoint of step 4
   writer.write(4, {"acc": 0.5}, kind="eval")  # the trainer re-runs the eval of the resumed step
   writer.write(5, {"loss": 5.0})
   writer.close()
@@ -53,7 +53,7 @@ def test_torn_last_line_is_dropped_with_a_warning_naming_the_file(tmp_path, capl
   else:
     _write(path, RECORDS, tail)
   with caplog.at_level(logging.WARNING):
-    writer = _metrics.MetricsWriter(workdir, resume_step=6)
+    writer = _metrics_log.MetricsWriter(workdir, resume_step=6)
   writer.write(7, {"loss": 7.0})
   writer.close()
   assert any(path in rec.getMessage() and "torn" in rec.getMessage() for rec in caplog.records)
@@ -67,4 +67,4 @@ def test_a_bad_line_before_the_last_names_file_and_line(tmp_path):
   with open(path, "a", encoding="utf-8") as f:
     f.write('{"step": 3, "ki\n' + json.dumps(RECORDS[3]) + "\n")
   with pytest.raises(ValueError, match=f"{path}:3"):
-    _metrics.MetricsWriter(str(tmp_path), resume_step=4)
+    _metrics_log.MetricsWriter(str(tmp_path), resume_step=4)

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from postrain import losses, models
-from postrain.train import _distill, _steps
+from postrain.train import _distill, _update
 from postrain.train import config as config_lib
 
 V, G, B, T = 48, 2, 8, 12
@@ -60,21 +60,21 @@ def _spec(algorithm, agg, **kw):
     entropy_coef=0.01, conspo_tau=10.0, logprob_impl="chunked",
   )  # fmt: skip
   d.update(kw)
-  return _steps.RLSpec(**d)
+  return _update.RLSpec(**d)
 
 
 @functools.cache
 def _grads_fn(spec, microbatch_rows):
   graphdef, _, rest = _split_model()
   return jax.jit(
-    lambda params, batch, margin: _steps.accumulated_grads(
-      functools.partial(_steps.rl_loss, spec=spec),
+    lambda params, batch, margin: _update.accumulated_grads(
+      functools.partial(_update.rl_loss, spec=spec),
       params,
       graphdef,
       rest,
       batch,
       margin,
-      counts_fn=functools.partial(_steps.rl_counts, spec=spec),
+      counts_fn=functools.partial(_update.rl_counts, spec=spec),
       microbatch_rows=microbatch_rows,
       group_size=spec.group_size,
     )
@@ -130,9 +130,9 @@ def test_microbatch_rows_must_keep_groups_whole():
   spec = _spec("conspo", "seq_mean_token_mean", group_size=4)
   graphdef, params, rest = _split_model()
   with pytest.raises(ValueError, match="multiple of the group size"):
-    _steps.accumulated_grads(
-      functools.partial(_steps.rl_loss, spec=spec), params, graphdef, rest, _rl_batch(0),
-      jnp.float32(0.0), counts_fn=functools.partial(_steps.rl_counts, spec=spec),
+    _update.accumulated_grads(
+      functools.partial(_update.rl_loss, spec=spec), params, graphdef, rest, _rl_batch(0),
+      jnp.float32(0.0), counts_fn=functools.partial(_update.rl_counts, spec=spec),
       microbatch_rows=2, group_size=4,
     )  # fmt: skip
 
@@ -142,9 +142,9 @@ def test_sft_update_with_microbatches_equals_one_pass():
   b = _rl_batch(2)
   batch = {"tokens": b["tokens"], "valid": b["valid"], "loss_mask": b["loss_mask"]}
   tx = optax.sgd(0.1)
-  loss = functools.partial(_steps.sft_loss, impl="chunked")
+  loss = functools.partial(_update.sft_loss, impl="chunked")
   outs = [
-    _steps.make_update(loss, tx, graphdef, rest, counts_fn=_steps.sft_counts, microbatch_rows=r)(
+    _update.make_update(loss, tx, graphdef, rest, counts_fn=_update.sft_counts, microbatch_rows=r)(
       params, tx.init(params), batch
     )
     for r in (0, 2)
@@ -180,7 +180,7 @@ def test_distill_microbatches_equal_whole_minibatch(loss):
 
   def run(rows):
     return jax.jit(
-      lambda p, bt: _steps.accumulated_grads(
+      lambda p, bt: _update.accumulated_grads(
         functools.partial(_distill.distill_loss, spec=spec), p, graphdef, rest, bt,
         counts_fn=_distill.distill_counts, microbatch_rows=rows, group_size=G,
       )

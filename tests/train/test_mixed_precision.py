@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from postrain import models, train
-from postrain.train import _steps
+from postrain.train import _update
 
 V = 256
 
@@ -25,7 +25,7 @@ def _loss_grads(dtype):
     "valid": np.ones((4, 24), bool),
     "loss_mask": np.concatenate([np.zeros((4, 8)), np.ones((4, 16))], 1).astype(np.float32),
   }
-  loss = functools.partial(_steps.sft_loss, impl="chunked")
+  loss = functools.partial(_update.sft_loss, impl="chunked")
   (value, _), grads = jax.jit(
     jax.value_and_grad(lambda p: loss(p, graphdef, rest, batch), has_aux=True)
   )(params)

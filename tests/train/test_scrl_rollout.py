@@ -8,7 +8,7 @@ from trainutil import load_config
 
 from postrain import tasks
 from postrain.sampling import SampleOutput
-from postrain.train import _data, _scrl
+from postrain.train import _data, _scrl_stage
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _fake_rollout(data, completions, width=160):
 
 def test_reference_completions_score_full_and_spans_follow_answer_lines(data):
   problems = [p for p in data.train if tasks.scrl_chain(p) is not None][:2]
-  chains = _scrl.chains_for(problems, 0)
+  chains = _scrl_stage.chains_for(problems, 0)
   group = 4  # rows: [curr, curr, orig, orig] per problem
   completions = []
   for p, chain in zip(problems, chains):
@@ -52,7 +52,7 @@ def test_reference_completions_score_full_and_spans_follow_answer_lines(data):
     wrong_first = ref.replace(f"answer_1: {chain.subproblems[0].answer}", "answer_1: 12345", 1)
     completions += [ref, wrong_first, solution, "answer: 0"]
   out = _fake_rollout(data, completions)
-  sub, outcome, span_ids, fmt, is_curr, stats = _scrl.scrl_batch_rewards(
+  sub, outcome, span_ids, fmt, is_curr, stats = _scrl_stage.scrl_batch_rewards(
     data, out, completions, problems, chains, group_size=group, timeout_s=None
   )
   assert stats.timeouts == stats.errors == 0
@@ -77,15 +77,15 @@ def test_reference_completions_score_full_and_spans_follow_answer_lines(data):
 def test_scrl_batch_gives_token_advantages_only_inside_spans(data):
   cfg = load_config("scale=test,algorithm=scrl")
   problems = [p for p in data.train if tasks.scrl_chain(p) is not None][:1]
-  chains = _scrl.chains_for(problems, 0)
+  chains = _scrl_stage.chains_for(problems, 0)
   ref = tasks.scrl_reference_completion(chains[0])
   completions = [ref, "nonsense", tasks.reference_solution(problems[0]), "answer: 99999"]
   out = _fake_rollout(data, completions)
-  scored = _scrl.scrl_batch_rewards(
+  scored = _scrl_stage.scrl_batch_rewards(
     data, out, completions, problems, chains, group_size=4, timeout_s=None
   )
-  batch, metrics, orig = _scrl.scrl_rl_batch(out, *scored[:-1], rl=cfg.rl)
-  adv = np.asarray(batch["advantages"])
+  batch, metrics, orig = _scrl_stage.scrl_rl_batch(out, *scored[:-1], rl=cfg.rl)
+  adv = np.asarray(batch.advantages)
   span_ids = scored[2]
   assert adv.shape == out.tokens.shape
   np.testing.assert_array_equal(adv[0][span_ids[0] < 0], 0.0)  # outside spans: no credit

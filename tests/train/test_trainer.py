@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from trainutil import load_config
 
-from postrain.train import _metrics
+from postrain.train import _metrics_log
 
 
 def test_run_writes_report_metrics_tensorboard_plot_and_checkpoints(trained_run):
@@ -22,7 +22,7 @@ def test_run_writes_report_metrics_tensorboard_plot_and_checkpoints(trained_run)
       assert 0.0 <= result[key] <= 1.0
     # pass@k from k samples can never be below the sampled pass@1.
     assert result[f"pass{cfg.eval.k}"] >= result["pass1_sampled"] - 1e-9
-  records = _metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  records = _metrics_log.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert all(isinstance(r["step"], int) for r in records)
   assert not any(k == "step" for r in records if r["kind"] == "eval" for k in list(r)[2:])
   train_steps = [r["step"] for r in records if r["kind"] == "train"]

@@ -24,7 +24,7 @@ from postrain.tasks.selfplay._gate import (
   leaky_gate,
   output_leaks,
 )
-from postrain.tasks.selfplay._loop import (
+from postrain.tasks.selfplay._loop_parts import (
   Task,
   TaskPool,
   admit,

@@ -5,7 +5,7 @@ Every step's data and randomness are functions of (seed, step), and the checkpoi
 parameters, optimiser state and step, so a killed run restarted with the same command continues
 exactly where the last checkpoint left it.
 
-The run is laid out on the device mesh of `config.mesh` (`_mesh.py`): parameters and optimiser
+The run is laid out on the device mesh of `config.mesh` (`_mesh_context.py`): parameters and optimiser
 state in their shards, every jit with explicit shardings, each step's batch split over the batch
 axes; with several processes each places its own rows and process 0 writes the run's files.
 """
@@ -26,21 +26,22 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from postrain import losses, models
+from postrain import models
 from postrain.train import (
   _checkpoint,
   _data,
   _distill,
   _ftis,
-  _local,
   _memory,
-  _mesh,
-  _metrics,
+  _mesh_context,
+  _metrics_log,
+  _rl_step,
   _rollout,
-  _steps,
   _teacher,
+  _update,
   algorithms,
 )
+from postrain.train._types import TrainState
 from postrain.train.config import validate
 
 _LOG = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Trainer:
     validate(config)
     self.config, self.workdir = config, workdir
     # The mesh first: a config that does not fit the devices fails before any data or compilation.
-    self.mesh = mesh = _mesh.mesh_context(config)
+    self.mesh = mesh = _mesh_context.mesh_context(config)
     with mesh.primary_first("workdir"):  # process 0 writes config, dataset and tokenizer
       _checkpoint.check_workdir_config(workdir, config.to_json(sort_keys=True))
       if tokenizer is None:  # OPD from another postrain run: read the teacher's token ids
@@ -103,15 +104,15 @@ class Trainer:
     vocab = self.data.tokenizer.vocab_size
     if model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
       # Created in its shards: no device ever holds the whole model.
-      self.graphdef, self.params, self.rest, self.param_shardings = mesh.init_sharded(
+      self.graphdef, params, self.rest, self.param_shardings = mesh.init_sharded(
         lambda: build_model(config, vocab, seed=config.seed)
       )
     else:
       if model is None:
-        with _mesh.host_memory():  # imported weights stay in host memory until placed
+        with _mesh_context.host_memory():  # imported weights stay in host memory until placed
           model = build_model(config, vocab, seed=config.seed)
-      self.graphdef, self.params, self.rest, self.param_shardings = mesh.place(model)
-    model = nnx.merge(self.graphdef, self.params, self.rest)
+      self.graphdef, params, self.rest, self.param_shardings = mesh.place(model)
+    model = nnx.merge(self.graphdef, params, self.rest)
     self.sampler = mesh.sampler(model, cache_size=config.rl.cache_size)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
@@ -127,28 +128,32 @@ class Trainer:
       b2=opt.b2,
       grad_clip=opt.grad_clip,
     )
-    self.sft_tx = _steps.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
+    self.sft_tx = _update.make_optimizer(lr=config.sft.lr, steps=max(self.sft_steps, 1), **common)
     rl_updates = max(self.rl_steps * config.rl.updates_per_batch, 1)
-    self.rl_tx = _steps.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
+    self.rl_tx = _update.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
     p_sh = self.param_shardings
-    self.opt_state = mesh.init_opt_state(
-      self.sft_tx if self.sft_steps else self.rl_tx, self.params, p_sh
+    # What a step changes: parameters, optimiser state, step and the run's key.
+    self.state = TrainState(
+      params=params,
+      opt_state=mesh.init_opt_state(self.sft_tx if self.sft_steps else self.rl_tx, params, p_sh),
+      rng=jax.random.key(config.seed),
+      step=0,
     )
     impl = config.model.logprob_impl
     self.sft_update = mesh.shard_update(
-      _steps.make_update(
-        functools.partial(_steps.sft_loss, impl=impl),
+      _update.make_update(
+        functools.partial(_update.sft_loss, impl=impl),
         self.sft_tx,
         self.graphdef,
         self.rest,
-        counts_fn=_steps.sft_counts,
+        counts_fn=_update.sft_counts,
         microbatch_rows=config.sft.microbatch_rows,
       ),
       p_sh,
       mesh.opt_shardings(self.sft_tx, self.params, p_sh),
     )
     rl = config.rl
-    self.rl_spec = _steps.RLSpec(
+    self.rl_spec = _update.RLSpec(
       algorithm=rl.algorithm,
       group_size=rl.group_size,
       eps_low=rl.eps_low,
@@ -164,12 +169,12 @@ class Trainer:
       loss_kwargs=algorithms.loss_kwargs(rl),
     )
     self.rl_update = mesh.shard_update(
-      _steps.make_update(
-        functools.partial(_steps.rl_loss, spec=self.rl_spec),
+      _update.make_update(
+        functools.partial(_update.rl_loss, spec=self.rl_spec),
         self.rl_tx,
         self.graphdef,
         self.rest,
-        counts_fn=functools.partial(_steps.rl_counts, spec=self.rl_spec),
+        counts_fn=functools.partial(_update.rl_counts, spec=self.rl_spec),
         microbatch_rows=rl.microbatch_rows,
         group_size=rl.group_size,
       ),
@@ -177,24 +182,52 @@ class Trainer:
       mesh.opt_shardings(self.rl_tx, self.params, p_sh),
     )
     self.ref_logprobs = mesh.shard_logprob_fn(
-      _steps.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
+      _update.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
     )
     # The frozen reference model of the KL term (reset to the policy when RL starts).
     self.ref_params = jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 else None
-    self.base_key = jax.random.key(config.seed)
     self.checkpointer = _checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       every=config.checkpoint.every,
       keep=config.checkpoint.keep,
     )
-    self.step = 0
     # (step, "sft" | "rl", ids of the problems this process loaded): the last steps, for tests and
     # debugging of the per-process data split.
     self.problem_log: collections.deque = collections.deque(maxlen=64)
     # Modes "opd" / "mopd": the teacher and the distillation step (postrain/train/_distill.py).
-    self.distiller = _distill.Distiller(self) if config.mode in ("opd", "mopd") else None
+    self.distiller = (
+      _distill.Distiller(
+        config,
+        mesh,
+        graphdef=self.graphdef,
+        rest=self.rest,
+        params=self.params,
+        param_shardings=self.param_shardings,
+        tx=self.rl_tx,
+      )
+      if config.mode in ("opd", "mopd")
+      else None
+    )
+    tok = self.data.tokenizer
     # F-TIS: rollouts of another model mixed into the RL batches (postrain/train/_ftis.py).
-    self.ftis = _ftis.ForeignRollouts(self) if config.rl.ftis.path else None
+    self.ftis = (
+      _ftis.ForeignRollouts(config.rl, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+      if config.rl.ftis.path
+      else None
+    )
+    # The fixed parts of an RL / distillation step (`_rl_step.py`).
+    self.step_parts = _rl_step.RLStepParts(
+      config=config,
+      mesh=mesh,
+      data=self.data,
+      sampler=self.sampler,
+      graphdef=self.graphdef,
+      rest=self.rest,
+      update=self.rl_update,
+      logprobs=self.ref_logprobs,
+      num_rl_steps=self.rl_steps,
+      foreign=self.ftis,
+    )
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
 
   def _check_memory(self) -> dict[str, _memory.UpdateMemory]:
@@ -216,6 +249,21 @@ class Trainer:
 
   # -- state -----------------------------------------------------------------------------------
 
+  # The state's fields, read and set through the trainer (tests, experiments, checkpoints).
+  params = property(
+    lambda self: self.state.params,
+    lambda self, v: setattr(self, "state", self.state.replace(params=v)),
+  )
+  opt_state = property(
+    lambda self: self.state.opt_state,
+    lambda self, v: setattr(self, "state", self.state.replace(opt_state=v)),
+  )
+  step = property(
+    lambda self: self.state.step,
+    lambda self, v: setattr(self, "state", self.state.replace(step=v)),
+  )
+  base_key = property(lambda self: self.state.rng)
+
   def _state(self) -> dict[str, Any]:
     state = {"params": self.params, "opt_state": self.opt_state}
     if self.ref_params is not None:
@@ -228,7 +276,7 @@ class Trainer:
     meta = {
       "step": self.step,
       "data_position": self._data_position(),
-      "rng_key": np.asarray(jax.random.key_data(self.base_key)).tolist(),
+      "rng_key": np.asarray(jax.random.key_data(self.state.rng)).tolist(),
     }
     if self.checkpointer.maybe_save(self.step, self._state(), meta, force=force):
       _LOG.info("checkpoint saved at step %d", self.step)
@@ -242,8 +290,8 @@ class Trainer:
     restored = self.checkpointer.restore_latest(_checkpoint.abstract_like(self._state()))
     if restored is None:
       return
-    self.step, state, _ = restored
-    self.params, self.opt_state = state["params"], state["opt_state"]
+    step, state, _ = restored
+    self.state = self.state.replace(params=state["params"], opt_state=state["opt_state"], step=step)
     self.ref_params = state.get("ref_params")
     if self.distiller is not None:
       self.distiller.restore(state)
@@ -283,7 +331,7 @@ class Trainer:
     )
     batch = self.mesh.from_local(host, len(problems))
     start = time.perf_counter()
-    self.params, self.opt_state, aux = self.sft_update(self.params, self.opt_state, batch)
+    self.state, aux = self.state.apply(self.sft_update, batch)
     aux = self.mesh.to_host(aux)
     seconds = time.perf_counter() - start
     tokens = self.mesh.sum_over_processes(host["valid"].sum())
@@ -294,32 +342,32 @@ class Trainer:
     }
 
   def _rl_step(self) -> dict[str, float]:
-    """One RL step (`_local.rl_step`: every variant, one process or many; each process samples
-    and scores its own share of the step's prompts, all of them on one process)."""
-    cfg, rl = self.config, self.config.rl
-    rl_step = self.step - self.sft_steps
-    progress = rl_step / max(self.rl_steps, 1)
+    """One RL step (`_rl_step.rl_step`: every variant, one process or many)."""
     problems = _data.step_problems(
-      self.data.train, seed=cfg.seed, step=self.step, count=rl.prompts_per_step
+      self.data.train, seed=self.config.seed, step=self.step, count=self.config.rl.prompts_per_step
     )
-    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
-    key = jax.random.fold_in(self.base_key, self.step)
-    return _local.rl_step(self, problems, key, progress, rl_step)
+    self.state, metrics = _rl_step.rl_step(
+      self.state,
+      self.step_parts,
+      problems,
+      rl_index=self.step - self.sft_steps,
+      ref_params=self.ref_params,
+      record=lambda mine: self._record_problems("rl", mine),
+    )
+    return metrics
 
-  def rl_updates(self, minibatches: Any, rl_step: int, metrics: dict[str, float]) -> float:
-    """One optimiser step per minibatch of an RL batch, with this step's ConSPO margin; adds the
-    mean aux metrics and the margin to `metrics` and returns the seconds the updates took."""
-    rl = self.config.rl
-    margin = losses.margin_schedule(
-      rl_step, self.rl_steps, max_margin=rl.conspo_margin, warmup_frac=rl.conspo_margin_warmup
+  def _distill_step(self) -> dict[str, float]:
+    """One OPD / MOPD step (`_distill_local.distill_step`)."""
+    problems = _data.step_problems(
+      self.data.train, seed=self.config.seed, step=self.step, count=self.config.rl.prompts_per_step
     )
-    start = time.perf_counter()
-    auxes = []
-    for mb in minibatches:
-      self.params, self.opt_state, aux = self.rl_update(self.params, self.opt_state, mb, margin)
-      auxes.append(aux)
-    metrics.update(self.mesh.mean_metrics(auxes), margin=float(margin))
-    return time.perf_counter() - start
+    self.state, metrics = self.distiller.step(
+      self.state,
+      self.step_parts,
+      problems,
+      record=lambda mine: self._record_problems("distill", mine),
+    )
+    return metrics
 
   def _record_problems(self, kind: str, problems: list[Any]) -> None:
     """The ids of the problems this process generated / scored at this step (`problem_log`)."""
@@ -328,7 +376,7 @@ class Trainer:
   def evaluate(self) -> dict[str, float]:
     cfg = self.config
     self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
-    key = jax.random.fold_in(jax.random.fold_in(self.base_key, 2**30), self.step)
+    key = jax.random.fold_in(jax.random.fold_in(self.state.rng, 2**30), self.step)
     return _rollout.evaluate(
       self.sampler,
       self.data,
@@ -350,7 +398,9 @@ class Trainer:
     self._restore()
     primary = self.mesh.is_primary  # process 0 writes metrics and the report
     resume = self.step if self.step else None
-    writer = _metrics.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
+    writer = (
+      _metrics_log.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
+    )
     report = self._load_report()
     report.update(self.data_stats)  # eval_num_problems, sft_examples_truncated
     bar = tqdm(
@@ -375,14 +425,14 @@ class Trainer:
           if self.step < self.sft_steps:
             metrics = self._sft_step()
           elif self.distiller is not None:
-            metrics = self.distiller.step(self)
+            metrics = self._distill_step()
           else:
             metrics = self._rl_step()
           self.step += 1
           if self.step % cfg.log_every == 0 or self.step == self.total_steps:
             writer.write(self.step, metrics)
           if cfg.check_finite:  # before the save: a non-finite state is never checkpointed
-            _metrics.check_finite(metrics, step=self.step, kind="train")
+            _metrics_log.check_finite(metrics, step=self.step, kind="train")
           bar.update(1)
           bar.set_postfix(
             {
@@ -422,12 +472,12 @@ class Trainer:
       )
 
   def _eval_and_log(
-    self, writer: _metrics.MetricsWriter, report: dict[str, Any]
+    self, writer: _metrics_log.MetricsWriter, report: dict[str, Any]
   ) -> dict[str, float]:
     metrics = self.evaluate()
     writer.write(self.step, metrics, kind="eval")
     if self.config.check_finite:
-      _metrics.check_finite(metrics, step=self.step, kind="eval")
+      _metrics_log.check_finite(metrics, step=self.step, kind="eval")
     result = dict(metrics, step=self.step)
     report.setdefault("evals", [])
     report["evals"] = [e for e in report["evals"] if e["step"] != self.step] + [result]
@@ -463,7 +513,7 @@ class Trainer:
     os.replace(path + ".tmp", path)
     jsonl = os.path.join(self.workdir, "metrics.jsonl")
     if "final" in report and os.path.exists(jsonl):
-      _metrics.plot_curves(
+      _metrics_log.plot_curves(
         jsonl,
         os.path.join(self.workdir, "curves.png"),
         title=f"{self.config.task.name} / "

@@ -155,6 +155,14 @@ class MeshContext:
     """This process's rows of every array -> global arrays split on the batch dimension."""
     return _distributed.host_to_global(local, self.batch, num_rows)
 
+  def place_rows(self, local: Any, num_rows: int) -> Any:
+    """`from_local` for a batch whose arrays may be on the devices already (the sampler's
+    output): one process moves them to the batch sharding on the devices (no copy through the
+    host); several processes place their host rows (`from_local`)."""
+    if not self.multi_process:
+      return jax.device_put(local, self.batch)
+    return self.from_local(as_numpy(local), num_rows)
+
   def from_host(self, full: Any) -> Any:
     """Full host arrays (identical on every process) -> global arrays split on the batch."""
     return _distributed.global_from_host(jax.device_get(full), self.batch)

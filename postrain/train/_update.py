@@ -26,6 +26,7 @@ from flax import nnx
 
 from postrain import losses, models
 from postrain.train import algorithms
+from postrain.train._types import RLBatch
 
 
 def make_optimizer(
@@ -77,7 +78,7 @@ class RLSpec:
 def _forward_logp(graphdef, params, rest, batch, impl):
   model = nnx.merge(graphdef, params, rest)
   return models.logprobs(
-    model, batch["tokens"], batch["mask"], valid=batch["valid"], return_entropy=True, impl=impl
+    model, batch.tokens, batch.mask, valid=batch.valid, return_entropy=True, impl=impl
   )
 
 
@@ -90,11 +91,12 @@ def _mask_counts(mask: jax.Array, prefix: str) -> dict[str, jax.Array]:
   }
 
 
-def rl_counts(batch: dict[str, jax.Array], spec: RLSpec) -> dict[str, jax.Array]:
+def rl_counts(batch: RLBatch | dict[str, jax.Array], spec: RLSpec) -> dict[str, jax.Array]:
   """The normalisers of every term of `rl_loss` on `batch` (see the module docstring): tokens and
   non-empty rows of `loss_mask` (w) and `mask` (m), plus the algorithm's own counts
   (`algorithms.Algorithm.counts`, e.g. ConSPO's groups, positives and negatives)."""
-  out = {**_mask_counts(batch["loss_mask"], "w"), **_mask_counts(batch["mask"], "m")}
+  batch = RLBatch.of(batch)
+  out = {**_mask_counts(batch.loss_mask, "w"), **_mask_counts(batch.mask, "m")}
   return {**out, **algorithms.counts(batch, spec)}
 
 
@@ -112,7 +114,7 @@ def rl_loss(
   params,
   graphdef,
   rest,
-  batch: dict[str, jax.Array],
+  batch: RLBatch | dict[str, jax.Array],
   margin: jax.Array,
   spec: RLSpec,
   totals: dict[str, jax.Array] | None = None,
@@ -120,24 +122,25 @@ def rl_loss(
   """The policy loss of `spec.algorithm` (`algorithms.REGISTRY`) on one minibatch, plus KL and
   entropy terms.
 
-  batch: tokens i32[B, T], valid bool[B, T], mask f32[B, T] (response tokens), loss_mask f32[B, T]
-  (mask times any token weighting, e.g. the temporal window), old_logp f32[B, T], advantages
-  f32[B] or f32[B, T], rewards f32[B], ref_logp f32[B, T] when `spec.kl_coef > 0`, and optional
-  is_weights f32[B, T] (F-TIS, ppo_clip algorithms).
+  batch: an `RLBatch` (or a dict of its fields): tokens i32[B, T], valid bool[B, T], mask
+  f32[B, T] (response tokens), loss_mask f32[B, T] (mask times any token weighting, e.g. the
+  temporal window), old_logp f32[B, T], advantages f32[B] or f32[B, T], rewards f32[B], ref_logp
+  f32[B, T] when `spec.kl_coef > 0`, and optional is_weights f32[B, T] (F-TIS).
 
   totals: `rl_counts` of the whole minibatch when `batch` is one of its micro-batches (whole
   groups): each term is then this micro-batch's share of the minibatch's term.
   """
+  batch = RLBatch.of(batch)
   logp, entropy = _forward_logp(graphdef, params, rest, batch, spec.logprob_impl)
   scale = _scaler(rl_counts(batch, spec) if totals is not None else None, totals)
   loss, aux = algorithms.policy_loss(logp, batch, spec, margin)  # the registry's loss
   loss_kind, aux_kinds = algorithms.normalisers(spec)
   loss = scale(loss, loss_kind)
   aux = {k: scale(v, aux_kinds.get(k, "w_tokens")) for k, v in aux.items()}
-  mask = batch["mask"]
+  mask = batch.mask
   if spec.kl_coef > 0:
     kl = losses.aggregate(
-      losses.kl_penalty(logp, batch["ref_logp"], mask, kind=spec.kl_kind), mask, agg="token_mean"
+      losses.kl_penalty(logp, batch.ref_logp, mask, kind=spec.kl_kind), mask, agg="token_mean"
     )
     kl = scale(kl, "m_tokens")
     loss = loss + spec.kl_coef * kl

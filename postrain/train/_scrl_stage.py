@@ -7,7 +7,10 @@ their answer spans; original rows get GRPO outcome advantages (`advantages.scrl_
 
 In a multi-process run each process samples and scores the groups of its problems (global rows
 `[i * G, (i + 1) * G)` for problem i) with the step's K columns, and builds its rows' advantages
-from the all-gathered [B, K] / [B] rewards (`scrl_rl_batch(..., rows=)`, `train._local.rl_step`).
+from the all-gathered [B, K] / [B] rewards (`scrl_rl_batch(..., rows=)`).
+
+The stage's entry points in the RL step (`_rl_step.py`): `curriculum_prompts` (prompts) and
+`scrl_stage` (score + advantages).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from postrain import advantages, tasks
 from postrain.train._data import TaskData
+from postrain.train._types import RLBatch
 
 
 def chains_for(problems: list[tasks.Problem], num_subproblems: int) -> list[tasks.ScrlChain]:
@@ -48,6 +52,58 @@ def interleaved_prompts(data: TaskData, problems, chains, originals=None) -> lis
     out.append(data.encode_prompt(curriculum_prompt(data, chain)))
     out.append(original)
   return out
+
+
+def curriculum_prompts(
+  data: TaskData, problems: list[tasks.Problem], prompts: list[list[int]], *, num_subproblems: int
+) -> tuple[list[tasks.ScrlChain], list[list[int]]]:
+  """The SCRL prompt stage: (each problem's chain, the interleaved [curriculum_i, original_i]
+  prompts, sampled with n = G/2 each). `prompts`: the original prompts (e.g. SMEPO-guided)."""
+  chains = chains_for(problems, num_subproblems)
+  return chains, interleaved_prompts(data, problems, chains, originals=prompts)
+
+
+def scrl_stage(
+  data: TaskData,
+  out,
+  texts: list[str],
+  problems: list[tasks.Problem],
+  chains: list[tasks.ScrlChain],
+  *,
+  rl: mlc.ConfigDict,
+  mesh,
+  timeout_s: float,
+  rows: slice,
+  num_rows: int,
+) -> tuple[RLBatch, dict[str, float], np.ndarray, np.ndarray, tasks.VerifierStats]:
+  """The SCRL score + advantage stage of one step on this process's groups (global rows `rows`
+  of `num_rows`): subproblem rewards of the curriculum rows, outcome rewards of the rest, span
+  advantages over the whole (all-gathered) batch.
+
+  Returns (this process's rows of the batch, metrics, the original rows' rewards of the whole
+  batch, every row's response length, verifier stats).
+  """
+  g, total = rl.group_size, num_rows // rl.group_size
+  lengths = np.asarray(out.lengths).astype(np.int32)
+  k = mesh.max_over_processes(max(c.num_subproblems for c in chains))
+  sub, outcome, span_ids, fmt, _, vstats = scrl_batch_rewards(
+    data, out, texts, problems, chains, group_size=g, timeout_s=timeout_s, num_subproblems=k
+  )
+  everyone = mesh.gather_rows(
+    {"rewards": outcome, "lengths": lengths, "sub": sub, "format_ok": fmt}, num_rows
+  )
+  is_curr = np.tile(np.arange(g) < g // 2, total)
+  batch, metrics, rewards = scrl_rl_batch(
+    out,
+    everyone["sub"],
+    everyone["rewards"],
+    span_ids,
+    everyone["format_ok"],
+    is_curr,
+    rl=rl,
+    rows=rows,
+  )
+  return batch, metrics, rewards, everyone["lengths"], vstats
 
 
 def _token_offsets(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
@@ -153,15 +209,15 @@ def scrl_rl_batch(
     scale=rl.adv_scale,
   )
   local_outcome = outcome if rows is None else outcome[rows]
-  batch = {
-    "tokens": out.tokens,
-    "valid": out.valid,
-    "mask": mask,
-    "loss_mask": mask,
-    "old_logp": out.model_logp,
-    "advantages": adv if rows is None else adv[rows],
-    "rewards": jnp.asarray(local_outcome),
-  }
+  batch = RLBatch(
+    tokens=out.tokens,
+    valid=out.valid,
+    mask=mask,
+    loss_mask=mask,
+    old_logp=out.model_logp,
+    advantages=adv if rows is None else adv[rows],
+    rewards=jnp.asarray(local_outcome),
+  )
   orig = outcome[~is_curr]
   metrics = {
     "reward_mean": float(orig.mean()),

@@ -1,0 +1,232 @@
+"""One RL step, top to bottom: prompts -> sample -> score -> advantages -> update.
+
+    state, metrics = rl_step(state, parts, problems, rl_index=i)
+
+`state` is the `TrainState` (params, optimiser state, step, key); `parts` the fixed parts of the
+step (`RLStepParts`: config, mesh, task data, sampler, the jitted update and log-prob functions,
+the F-TIS stage). Nothing else is read or changed: the new state is returned.
+
+The optional stages are small functions in their own modules, with explicit inputs and outputs,
+switched by their config keys:
+
+  stage                         where                       config
+  guided prompts (SMEPO)        `_smepo.smepo_stage`        rl.smepo.enabled
+  curriculum prompts (SCRL)     `_scrl_stage.curriculum_prompts`  rl.algorithm == "scrl"
+  subproblem rewards and span   `_scrl_stage.scrl_stage`          rl.algorithm == "scrl"
+    advantages (SCRL)
+  DAPO dynamic-sampling filter  `dapo_filter` (below)       rl.dynamic_sampling
+  temporal credit window        `temporal_credit` (below)   rl.temporal.enabled
+  foreign rows (F-TIS)          `_ftis.ForeignRollouts`     rl.ftis.path
+
+One code path for one process and for many. Every process computes the step's problem list (a
+function of (seed, step)) and takes its contiguous share of whole groups (`MeshContext.item_slice`;
+one process: all of them): items `[a, b)` fill rows `[a * G, b * G)` of the global batch, the rows
+its devices hold under the batch sharding. It tokenizes, samples (`prompt_offset=`: one global
+sampling computation, each process reading back only its rows), decodes and verifies only those
+rows; only per-row scalars are all-gathered (rewards, lengths; SCRL's [B, K] subproblem rewards
+and format flags), so group statistics and metrics equal a one-process run's. The batch stays on
+the devices from the sampler to the update (one process: no host round-trip of its arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from postrain import advantages, losses
+from postrain.train import _rollout, _scrl_stage, _smepo, algorithms
+from postrain.train._types import RLBatch, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RLStepParts:
+  """The fixed parts of an RL step (built once by the `Trainer`).
+
+  config       the run's config (`config.rl`, `config.seed`, `config.task.verifier_timeout_s`)
+  mesh         the run's `MeshContext` (`_mesh_context.py`): shardings, per-process slices, gathers
+  data         the run's `TaskData` (prompts, tokenizer, verifier)
+  sampler      the `ShardedSampler` (its parameters are set from the state each step)
+  graphdef, rest   the model's structure and non-parameter state (`nnx.split`)
+  update       jitted `(params, opt_state, RLBatch, margin) -> (params, opt_state, aux)`
+  logprobs     jitted `(params, tokens, mask, valid) -> f32[B, T]`
+  num_rl_steps the RL phase's length (temporal window progress, ConSPO margin schedule)
+  foreign      the F-TIS stage or None
+  """
+
+  config: mlc.ConfigDict
+  mesh: Any
+  data: Any
+  sampler: Any
+  graphdef: Any
+  rest: Any
+  update: Callable[..., Any]
+  logprobs: Callable[..., Any]
+  num_rl_steps: int
+  foreign: Any = None
+
+
+def rl_step(
+  state: TrainState,
+  parts: RLStepParts,
+  problems: list[Any],
+  *,
+  rl_index: int,
+  ref_params: Any = None,
+  record: Callable[[list[Any]], None] | None = None,
+) -> tuple[TrainState, dict[str, float]]:
+  """One RL step on the step's `problems` (all processes pass the same list): returns the state
+  after `rl.updates_per_batch` optimiser steps and the step's metrics (whole-batch statistics).
+
+  rl_index: the step's index in the RL phase; ref_params: the frozen KL reference (`rl.kl_coef`);
+  record: receives the problems this process sampled (the trainer's per-process data log).
+  """
+  cfg, rl, mesh, data = parts.config, parts.config.rl, parts.mesh, parts.data
+  g, timeout_s = rl.group_size, cfg.task.verifier_timeout_s
+  total, num_rows = len(problems), len(problems) * g
+  progress = rl_index / max(parts.num_rl_steps, 1)
+
+  # 1. Prompts: this process's share of whole groups; SMEPO guidance; SCRL curriculum prompts.
+  mine = mesh.item_slice(total, g)
+  problems = problems[mine]
+  if record is not None:
+    record(problems)
+  rows = slice(mine.start * g, mine.stop * g)
+  prompts = data.encode_prompts(problems)
+  smepo_metrics: dict[str, float] = {}
+  if rl.smepo.enabled:
+    prompts, smepo_metrics = _smepo.smepo_stage(
+      data, problems, prompts, rl=rl, seed=cfg.seed, step=state.step, mesh=mesh,
+      offset=mine.start, total=total,
+    )  # fmt: skip
+  chains, n, offset = None, g, mine.start
+  if rl.algorithm == "scrl":  # mixed groups: G/2 curriculum samples, then G/2 of the original
+    chains, prompts = _scrl_stage.curriculum_prompts(
+      data, problems, prompts, num_subproblems=rl.scrl_num_subproblems
+    )
+    n, offset = g // 2, 2 * mine.start
+
+  # 2. Sample: G responses per prompt with the current parameters.
+  parts.sampler.update(nnx.merge(parts.graphdef, state.params, parts.rest))
+  key = jax.random.fold_in(state.rng, state.step)
+  out, texts, sample_s = _rollout.generate_groups(
+    parts.sampler, data, prompts, rl, key=key, n=n,
+    prompt_offset=offset if mesh.multi_process else None,
+  )  # fmt: skip
+
+  # 3. Score and 4. advantages (SCRL: subproblem rewards and span advantages).
+  if chains is not None:
+    batch, metrics, rewards, lengths, vstats = _scrl_stage.scrl_stage(
+      data, out, texts, problems, chains, rl=rl, mesh=mesh, timeout_s=timeout_s, rows=rows,
+      num_rows=num_rows,
+    )  # fmt: skip
+  else:
+    rewards, vstats = _rollout.score(data, problems, texts, g, timeout_s)
+    everyone = mesh.gather_rows(
+      {"rewards": rewards.astype(np.float32), "lengths": np.asarray(out.lengths, np.int32)},
+      num_rows,
+    )
+    rewards, lengths = everyone["rewards"], everyone["lengths"]
+    batch, metrics = rl_batch(out, rewards, rl=rl, progress=progress, rows=rows)
+  metrics["response_len"] = float(np.mean(lengths))
+
+  # The global batch on the mesh (F-TIS: the foreign groups as a block after the own rows).
+  if parts.foreign is not None:
+    batch, ftis_metrics = parts.foreign.extend_global(
+      batch, num_rows, rl_index, mesh=mesh,
+      logprobs=lambda t, m, v: parts.logprobs(state.params, t, m, v),
+    )  # fmt: skip
+    metrics.update(ftis_metrics)
+  else:
+    batch = mesh.place_rows(batch, num_rows)
+  if ref_params is not None:
+    batch = batch.replace(
+      ref_logp=parts.logprobs(ref_params, batch.tokens, batch.mask, batch.valid)
+    )
+
+  # 5. Update: one optimiser step per minibatch, with this step's ConSPO margin.
+  margin = losses.margin_schedule(
+    rl_index, parts.num_rl_steps, max_margin=rl.conspo_margin,
+    warmup_frac=rl.conspo_margin_warmup,
+  )  # fmt: skip
+  start, auxes = time.perf_counter(), []
+  for minibatch in mesh.device_minibatches(batch, rl.updates_per_batch):
+    state, aux = state.apply(parts.update, minibatch, margin)
+    auxes.append(aux)
+  metrics.update(mesh.mean_metrics(auxes), margin=float(margin))
+  update_s = time.perf_counter() - start
+
+  metrics.update(_rollout.rollout_metrics(mesh, out, vstats, rewards, lengths, sample_s, update_s))
+  metrics.update(smepo_metrics)
+  return state, metrics
+
+
+# -- the advantage stage of the plain batch ---------------------------------------------------
+
+
+def dapo_filter(loss_mask: jax.Array, zero_variance: jax.Array) -> jax.Array:
+  """DAPO dynamic sampling: rows of groups without reward variance carry no signal, their loss
+  mask is zeroed. loss_mask f32[B, T], zero_variance bool[B] -> f32[B, T]."""
+  return loss_mask * (~zero_variance)[:, None].astype(jnp.float32)
+
+
+def temporal_credit(loss_mask: jax.Array, progress: float, temporal: mlc.ConfigDict) -> jax.Array:
+  """The temporal credit window (`advantages.temporal_window`) at training progress `progress`
+  in [0, 1]: early in training only the first tokens of each response carry loss, the window
+  growing to the whole response by `temporal.end_progress`. f32[B, T] -> f32[B, T]."""
+  return advantages.temporal_window(
+    loss_mask,
+    progress,
+    start=0.0,
+    end=temporal.end_progress,
+    rho0=1.0 - temporal.start_frac,
+  )
+
+
+def rl_batch(
+  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float, rows: slice | None = None
+) -> tuple[RLBatch, dict[str, float]]:
+  """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays).
+
+  Advantages are `rl.advantage`'s estimator over the groups of `rewards` f32[B]; then the DAPO
+  filter and the temporal window weight the loss mask when enabled.
+
+  `rows` (a multi-process step): `out` holds rows `rows` of the step's batch and `rewards` all of
+  them, so group and batch statistics and the reward metrics are those of the whole batch; the
+  returned arrays are `out`'s rows ("response_len" is then the mean over `out`'s rows only).
+  """
+  rewards_j = jnp.asarray(rewards, jnp.float32)
+  mask = out.response_mask.astype(jnp.float32)
+  adv = algorithms.compute_advantages(rl, rewards_j)  # rl.advantage: group_normalized | rloo
+  zero_var = advantages.zero_variance_groups(rewards_j, group_size=rl.group_size)
+  zero_var_frac = jnp.mean(zero_var.astype(jnp.float32))
+  if rows is not None:
+    adv, zero_var, rewards_j = adv[rows], zero_var[rows], rewards_j[rows]
+  loss_mask = mask
+  if rl.dynamic_sampling:
+    loss_mask = dapo_filter(loss_mask, zero_var)
+  if rl.temporal.enabled:
+    loss_mask = temporal_credit(loss_mask, progress, rl.temporal)
+  batch = RLBatch(
+    tokens=out.tokens,
+    valid=out.valid,
+    mask=mask,
+    loss_mask=loss_mask,
+    old_logp=out.model_logp,
+    advantages=adv,
+    rewards=rewards_j,
+  )
+  metrics = {
+    "reward_mean": float(np.mean(rewards)),
+    "reward_std": float(np.std(rewards)),
+    "zero_variance_frac": float(zero_var_frac),
+    "response_len": float(np.mean(np.asarray(out.lengths))),
+  }
+  return batch, metrics

@@ -1,0 +1,86 @@
+"""The trainer's two pytrees: the RL update batch (`RLBatch`) and the training state (`TrainState`).
+
+Both are registered dataclasses (`flax.struct.dataclass`): they pass through `jax.jit`,
+`jax.tree.map` and the sharded update as a whole, and their arrays stay on the device between
+the stages of a step. Optional fields are `None` (an empty subtree) when a step does not fill them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class RLBatch:
+  """One RL update batch, B rows of T tokens (`prompt ++ response`, the sampler's layout).
+
+  tokens      i32[B, T]   prompt and response token ids
+  valid       bool[B, T]  real (non-padding) positions
+  mask        f32[B, T]   response tokens (the KL and entropy terms average over these)
+  loss_mask   f32[B, T]   `mask` times the token weighting of the optional stages (DAPO filter,
+                          temporal window): the policy loss averages over these
+  old_logp    f32[B, T]   log-probs of the tokens under the sampling policy (the sampler's model)
+  advantages  f32[B] or f32[B, T] (token advantages, SCRL)
+  rewards     f32[B]      the rows' rewards (ConSPO reads them)
+  ref_logp    f32[B, T] | None   the frozen reference model's log-probs (KL term, `rl.kl_coef`)
+  is_weights  f32[B, T] | None   per-token importance weights (F-TIS foreign rows)
+  """
+
+  tokens: jax.Array
+  valid: jax.Array
+  mask: jax.Array
+  loss_mask: jax.Array
+  old_logp: jax.Array
+  advantages: jax.Array
+  rewards: jax.Array
+  ref_logp: jax.Array | None = None
+  is_weights: jax.Array | None = None
+
+  @classmethod
+  def of(cls, batch: RLBatch | Mapping[str, Any]) -> RLBatch:
+    """`batch` itself, or the `RLBatch` of a mapping with these field names (ValueError naming
+    an unknown or missing key)."""
+    if isinstance(batch, cls):
+      return batch
+    names = {f.name for f in cls.__dataclass_fields__.values()}
+    unknown = sorted(set(batch) - names)
+    required = ("tokens", "valid", "mask", "loss_mask", "old_logp", "advantages", "rewards")
+    missing = sorted(n for n in required if n not in batch)
+    if unknown or missing:
+      raise ValueError(
+        f"RL batch: unknown keys {unknown}, missing keys {missing} (fields: {sorted(names)})"
+      )
+    return cls(**batch)
+
+  def fields(self) -> dict[str, jax.Array]:
+    """The filled fields by name (None fields left out)."""
+    out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@struct.dataclass
+class TrainState:
+  """What one step changes: the parameters, the optimiser state, the step and the run's key.
+
+  params     the model's `nnx.Param` state (a pytree, in its shardings)
+  opt_state  the optax state of the phase's optimiser (SFT or RL)
+  rng        the run's base key; step s samples with `jax.random.fold_in(rng, s)`
+  step       the number of steps taken (SFT and RL), a host int (static: not traced)
+  """
+
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  step: int = struct.field(pytree_node=False, default=0)
+
+  def apply(
+    self, update: Callable[..., tuple[Any, Any, Any]], batch: Any, *extra: Any
+  ) -> tuple[TrainState, Any]:
+    """One optimiser step: `update(params, opt_state, batch, *extra) -> (params, opt_state, aux)`
+    (a jitted `make_update`, its old buffers donated) -> (the new state, aux)."""
+    params, opt_state, aux = update(self.params, self.opt_state, batch, *extra)
+    return self.replace(params=params, opt_state=opt_state), aux

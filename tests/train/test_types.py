@@ -1,0 +1,51 @@
+"""The trainer's pytrees: `RLBatch` passes through jit / tree.map whole, names bad keys; the
+`TrainState` step applies an update and keeps its host step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from postrain.train import RLBatch, TrainState
+
+
+def _batch(b=4, t=3):
+  f = jnp.ones((b, t), jnp.float32)
+  return dict(
+    tokens=jnp.zeros((b, t), jnp.int32),
+    valid=jnp.ones((b, t), bool),
+    mask=f,
+    loss_mask=f,
+    old_logp=-f,
+    advantages=jnp.arange(b, dtype=jnp.float32),
+    rewards=jnp.zeros((b,), jnp.float32),
+  )
+
+
+def test_rl_batch_is_a_pytree_with_optional_fields_empty():
+  batch = RLBatch.of(_batch())
+  assert len(jax.tree.leaves(batch)) == 7  # ref_logp and is_weights are None: no leaves
+  doubled = jax.jit(lambda x: jax.tree.map(lambda a: a * 2, x))(batch)
+  assert isinstance(doubled, RLBatch) and doubled.ref_logp is None
+  np.testing.assert_array_equal(doubled.advantages, [0, 2, 4, 6])
+  with_ref = batch.replace(ref_logp=batch.old_logp)
+  assert set(with_ref.fields()) == set(_batch()) | {"ref_logp"}
+
+
+def test_rl_batch_of_names_unknown_and_missing_keys():
+  bad = dict(_batch(), extra=1)
+  del bad["rewards"]
+  with pytest.raises(ValueError, match=r"unknown keys \['extra'\], missing keys \['rewards'\]"):
+    RLBatch.of(bad)
+
+
+def test_train_state_apply_replaces_params_and_opt_state():
+  state = TrainState(params={"w": jnp.ones(2)}, opt_state=jnp.int32(0), rng=jax.random.key(0))
+
+  def update(params, opt_state, batch, scale):
+    return jax.tree.map(lambda p: p - scale * batch, params), opt_state + 1, {"n": opt_state}
+
+  new, aux = state.apply(update, jnp.float32(0.5), 2.0)
+  np.testing.assert_array_equal(new.params["w"], [0.0, 0.0])
+  assert int(new.opt_state) == 1 and int(aux["n"]) == 0 and new.step == 0
+  assert new.replace(step=3).step == 3 and len(jax.tree.leaves(new)) == 3  # step: not a leaf
