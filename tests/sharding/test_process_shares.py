@@ -1,4 +1,4 @@
-"""Per-process shares of SCRL and SMEPO steps (`train._local.rl_step`): the rows a process builds
+"""Per-process shares of SCRL and SMEPO steps (`train._rl_step.rl_step`): the rows a process builds
 from its share of the step (and the all-gathered per-row rewards) equal those rows of the
 whole-batch computation, and its counts sum to the whole step's. No devices needed."""
 
@@ -48,14 +48,16 @@ def test_scrl_rows_of_each_share_equal_the_whole_batch(scale):
   full, full_metrics, full_orig = _scrl_stage.scrl_rl_batch(
     out, sub, outcome, span, fmt, is_curr, rl=rl
   )
-  assert np.abs(np.asarray(full["advantages"])).max() > 0.1  # not a trivial all-zero case
+  assert np.abs(np.asarray(full.advantages)).max() > 0.1  # not a trivial all-zero case
   for rows in SHARES:
     # The process holds `out` and the spans of its rows only; per-row rewards are all-gathered.
     part, metrics, orig = _scrl_stage.scrl_rl_batch(
       _rows(out, rows), sub, outcome, span[rows], fmt, is_curr, rl=rl, rows=rows
     )
     for key in ("advantages", "rewards", "tokens", "mask", "old_logp"):
-      np.testing.assert_array_equal(part[key], np.asarray(full[key])[rows], err_msg=key)
+      np.testing.assert_array_equal(
+        np.asarray(getattr(part, key)), np.asarray(getattr(full, key))[rows], err_msg=key
+      )
     np.testing.assert_array_equal(orig, full_orig)
     metrics.pop("response_len")
     assert metrics == {k: v for k, v in full_metrics.items() if k != "response_len"}
