@@ -214,15 +214,7 @@ def rl_batch(
     loss_mask = dapo_filter(loss_mask, zero_var)
   if rl.temporal.enabled:
     loss_mask = temporal_credit(loss_mask, progress, rl.temporal)
-  batch = RLBatch(
-    tokens=out.tokens,
-    valid=out.valid,
-    mask=mask,
-    loss_mask=loss_mask,
-    old_logp=out.model_logp,
-    advantages=adv,
-    rewards=rewards_j,
-  )
+  batch = RLBatch.from_rollout(out, loss_mask=loss_mask, advantages=adv, rewards=rewards_j)
   metrics = {
     "reward_mean": float(np.mean(rewards)),
     "reward_std": float(np.std(rewards)),

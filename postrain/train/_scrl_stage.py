@@ -209,12 +209,9 @@ def scrl_rl_batch(
     scale=rl.adv_scale,
   )
   local_outcome = outcome if rows is None else outcome[rows]
-  batch = RLBatch(
-    tokens=out.tokens,
-    valid=out.valid,
-    mask=mask,
+  batch = RLBatch.from_rollout(
+    out,
     loss_mask=mask,
-    old_logp=out.model_logp,
     advantages=adv if rows is None else adv[rows],
     rewards=jnp.asarray(local_outcome),
   )

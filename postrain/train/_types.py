@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -55,6 +56,20 @@ class RLBatch:
         f"RL batch: unknown keys {unknown}, missing keys {missing} (fields: {sorted(names)})"
       )
     return cls(**batch)
+
+  @classmethod
+  def from_rollout(cls, out, *, loss_mask, advantages, rewards) -> RLBatch:
+    """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
+    log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B]."""
+    return cls(
+      tokens=out.tokens,
+      valid=out.valid,
+      mask=out.response_mask.astype(jnp.float32),
+      loss_mask=loss_mask,
+      old_logp=out.model_logp,
+      advantages=advantages,
+      rewards=rewards,
+    )
 
   def fields(self) -> dict[str, jax.Array]:
     """The filled fields by name (None fields left out)."""
