@@ -48,9 +48,10 @@ from postrain.train._distill_config import (  # noqa: F401
   teacher_config,
   validate_distill,
 )
+from postrain.train._teacher import mopd_teacher_prompts, segment_ids, teacher_layout  # noqa: F401
 
 # The MOPD teacher-prompt and release helpers, used by the step (`_distill_local.py`).
-from postrain.train._teacher import mopd_teacher_prompts, segment_ids, teacher_layout  # noqa: F401
+from postrain.train._update import mask_counts
 
 # ----------------------------------------------------------------------------------- jitted math
 
@@ -85,8 +86,7 @@ def _gather(logits: jax.Array, ids: jax.Array, temperature: float = 1.0) -> jax.
 
 def distill_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The normalisers of `distill_loss`: the tokens and the non-empty rows of `mask`."""
-  row = jnp.sum(batch["mask"].astype(jnp.float32), axis=-1)
-  return {"tokens": jnp.sum(row), "rows": jnp.sum((row > 0).astype(jnp.float32))}
+  return mask_counts(batch["mask"])
 
 
 def distill_loss(

@@ -82,12 +82,12 @@ def _forward_logp(graphdef, params, rest, batch, impl):
   )
 
 
-def _mask_counts(mask: jax.Array, prefix: str) -> dict[str, jax.Array]:
-  """{prefix_tokens: Σ mask, prefix_rows: #rows with Σ_t mask > 0} (float32 scalars)."""
+def mask_counts(mask: jax.Array, prefix: str = "") -> dict[str, jax.Array]:
+  """{prefix + "tokens": Σ mask, prefix + "rows": #rows with Σ_t mask > 0} (float32 scalars)."""
   row = jnp.sum(mask.astype(jnp.float32), axis=-1)
   return {
-    f"{prefix}_tokens": jnp.sum(row),
-    f"{prefix}_rows": jnp.sum((row > 0).astype(jnp.float32)),
+    f"{prefix}tokens": jnp.sum(row),
+    f"{prefix}rows": jnp.sum((row > 0).astype(jnp.float32)),
   }
 
 
@@ -96,7 +96,7 @@ def rl_counts(batch: RLBatch | dict[str, jax.Array], spec: RLSpec) -> dict[str, 
   non-empty rows of `loss_mask` (w) and `mask` (m), plus the algorithm's own counts
   (`algorithms.Algorithm.counts`, e.g. ConSPO's groups, positives and negatives)."""
   batch = RLBatch.of(batch)
-  out = {**_mask_counts(batch.loss_mask, "w"), **_mask_counts(batch.mask, "m")}
+  out = {**mask_counts(batch.loss_mask, "w_"), **mask_counts(batch.mask, "m_")}
   return {**out, **algorithms.counts(batch, spec)}
 
 
@@ -155,7 +155,7 @@ def rl_loss(
 
 def sft_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The normaliser of `sft_loss`: the tokens of `loss_mask`."""
-  return _mask_counts(batch["loss_mask"], "w")
+  return mask_counts(batch["loss_mask"], "w_")
 
 
 def sft_loss(
