@@ -392,67 +392,21 @@ class Trainer:
   # -- the loop --------------------------------------------------------------------------------
 
   def run(self) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    cfg = self.config
+    """Trains from the newest checkpoint to the end: evaluate when due, one step, log, save."""
     self._restore()
-    primary = self.mesh.is_primary  # process 0 writes metrics and the report
-    resume = self.step if self.step else None
-    writer = (
-      _metrics_log.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
-    )
+    writer, bar = self._open_logs()
     report = self._load_report()
     report.update(self.data_stats)  # eval_num_problems, sft_examples_truncated
-    bar = tqdm(
-      total=self.total_steps,
-      initial=self.step,
-      disable=not cfg.progress_bar or not primary,
-      desc="train",
-      dynamic_ncols=True,
-    )
     try:
       with _checkpoint.StopFlag() as stop:
         while self.step < self.total_steps:
-          if self.step == self.sft_steps:
-            report["after_sft" if self.sft_steps else "initial"] = self._eval_and_log(
-              writer, report
-            )
-            self._enter_rl()
-          elif self.step > self.sft_steps and (self.step - self.sft_steps) % cfg.eval.every == 0:
-            self._eval_and_log(writer, report)
-          elif cfg.mode == "sft" and self.step and self.step % cfg.eval.every == 0:
-            self._eval_and_log(writer, report)  # SFT-only runs: held-out curve too
-          if self.step < self.sft_steps:
-            metrics = self._sft_step()
-          elif self.distiller is not None:
-            metrics = self._distill_step()
-          else:
-            metrics = self._rl_step()
+          self._eval_if_due(writer, report)
+          metrics = self._train_step()
           self.step += 1
-          if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-            writer.write(self.step, metrics)
-          if cfg.check_finite:  # before the save: a non-finite state is never checkpointed
-            _metrics_log.check_finite(metrics, step=self.step, kind="train")
-          bar.update(1)
-          bar.set_postfix(
-            {
-              k: f"{metrics[k]:.3g}"
-              for k in ("sft_loss", "reward_mean", "accuracy")
-              if k in metrics
-            }
-          )
+          self._log_step(writer, bar, metrics)
           self._save()
           if stop.stop_requested:
-            self._save(force=True)
-            self.checkpointer.wait()
-            self._require_checkpoint()
-            self.checkpointer.close()
-            _LOG.warning(
-              "preempted at step %d by signal %d; rerun to resume", self.step, stop.signum
-            )
-            report["preempted"] = {"step": self.step, "signal": stop.signum}
-            self._write_report(report)
-            return report
+            return self._preempted(report, stop.signum)
       if "final" not in report or report["final"].get("step") != self.step:
         report["final"] = self._eval_and_log(writer, report)
       self._save(force=True)
@@ -461,6 +415,62 @@ class Trainer:
       writer.close()
       self.checkpointer.wait()
     self._require_checkpoint()  # the report never claims a step whose checkpoint is not on disk
+    self._write_report(report)
+    return report
+
+  def _open_logs(self) -> tuple[Any, Any]:
+    """The metrics writer (process 0; resumed past the restored step) and the progress bar."""
+    from tqdm.auto import tqdm
+
+    primary = self.mesh.is_primary  # process 0 writes metrics and the report
+    resume = self.step if self.step else None
+    writer = (
+      _metrics_log.MetricsWriter(self.workdir, resume_step=resume) if primary else _NoWriter()
+    )
+    bar = tqdm(
+      total=self.total_steps,
+      initial=self.step,
+      disable=not self.config.progress_bar or not primary,
+      desc="train",
+      dynamic_ncols=True,
+    )
+    return writer, bar
+
+  def _eval_if_due(self, writer: Any, report: dict[str, Any]) -> None:
+    """Evaluates at the start of RL (then enters the RL phase), every `eval.every` RL steps, and
+    every `eval.every` steps of an SFT-only run."""
+    cfg, rl_index = self.config, self.step - self.sft_steps
+    if self.step == self.sft_steps:
+      report["after_sft" if self.sft_steps else "initial"] = self._eval_and_log(writer, report)
+      self._enter_rl()
+    elif rl_index > 0 and rl_index % cfg.eval.every == 0:
+      self._eval_and_log(writer, report)
+    elif cfg.mode == "sft" and self.step and self.step % cfg.eval.every == 0:
+      self._eval_and_log(writer, report)  # SFT-only runs: held-out curve too
+
+  def _train_step(self) -> dict[str, float]:
+    """The step of the current phase: SFT, then OPD / MOPD or RL."""
+    if self.step < self.sft_steps:
+      return self._sft_step()
+    return self._distill_step() if self.distiller is not None else self._rl_step()
+
+  def _log_step(self, writer: Any, bar: Any, metrics: dict[str, float]) -> None:
+    if self.step % self.config.log_every == 0 or self.step == self.total_steps:
+      writer.write(self.step, metrics)
+    if self.config.check_finite:  # before the save: a non-finite state is never checkpointed
+      _metrics_log.check_finite(metrics, step=self.step, kind="train")
+    bar.update(1)
+    shown = ("sft_loss", "reward_mean", "accuracy")
+    bar.set_postfix({k: f"{metrics[k]:.3g}" for k in shown if k in metrics})
+
+  def _preempted(self, report: dict[str, Any], signum: int) -> dict[str, Any]:
+    """SIGTERM / SIGINT: checkpoint now, record it in the report, return (the CLI exits 143 / 130)."""
+    self._save(force=True)
+    self.checkpointer.wait()
+    self._require_checkpoint()
+    self.checkpointer.close()
+    _LOG.warning("preempted at step %d by signal %d; rerun to resume", self.step, signum)
+    report["preempted"] = {"step": self.step, "signal": signum}
     self._write_report(report)
     return report
 
