@@ -38,7 +38,13 @@ import numpy as np
 from flax import nnx
 
 from postrain.sampling._prompts import check_int, stop_array
-from postrain.sampling._sampler import SampleOutput, Sampler, _decode, check_positions
+from postrain.sampling._sampler import (
+  SampleOutput,
+  Sampler,
+  _decode,
+  _decode_impl,
+  check_positions,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,17 +100,38 @@ class Conversation:
 
   def __init__(self, sampler: Sampler, *, cache_size: int, pad_id: int = 0, obs_bucket: int = 16):
     """Args:
-    sampler: a `sampling.Sampler` (a `sharding.ShardedSampler` is not supported yet: TypeError).
+    sampler: a `sampling.Sampler`, or a `sharding.ShardedSampler` in a one-process run (rows and
+      cache sharded as its prefill places them).
     cache_size: KV slots per row for the whole conversation: the bucketed prompt width, every
       turn's `max_new_tokens`, every observation chunk (1 + the longest observation, rounded up
       to `obs_bucket` when it fits), and the gaps left by rows that stop early.
     pad_id: the token id of padding (in `result().tokens` and the prompt padding).
     obs_bucket: observation chunks are padded to a multiple of this width (when it fits).
     """
+    self._decode, self._extend = _decode, _extend
+    if isinstance(getattr(sampler, "_sampler", None), Sampler) and hasattr(sampler, "jit_in_mesh"):
+      # A `sharding.ShardedSampler`: its sharded prefill, and the append / decode loop jitted on
+      # its mesh (the state's and the cache's shardings propagate).
+      if jax.process_count() > 1:
+        raise NotImplementedError(
+          "Conversation with a ShardedSampler runs in one process (each process its own "
+          "Conversation over its rows is not built yet)."
+        )
+      self._decode = sampler.jit_in_mesh(
+        "conversation_decode",
+        _decode_impl,
+        static_argnums=(0,),
+        static_argnames=("mode",),
+        donate_argnums=(2,),
+      )
+      self._extend = sampler.jit_in_mesh(
+        "conversation_extend", _extend_impl, static_argnums=(0,), donate_argnums=(2,)
+      )
+      sampler = sampler._sampler
     if not isinstance(sampler, Sampler):
       raise TypeError(
-        f"`sampler` must be a postrain.sampling.Sampler, got {type(sampler).__name__} "
-        "(a ShardedSampler is not supported by Conversation yet)."
+        "`sampler` must be a postrain.sampling.Sampler or a sharding.ShardedSampler, got "
+        f"{type(sampler).__name__}."
       )
     check_int("cache_size", cache_size, low=2)
     check_int("pad_id", pad_id, low=0, high=sampler.cfg.vocab_size - 1)
@@ -265,7 +292,7 @@ class Conversation:
       self._rows[i].extend((int(t), False, 0.0, 0.0) for t in o)
     self._n_ctx = new_ctx
     cache, self._cache = self._cache, None
-    logits, cache = _extend(s.graphdef, s.state, cache, tokens, valid, positions)
+    logits, cache = self._extend(s.graphdef, s.state, cache, tokens, valid, positions)
     self._end += width
     mode = s._mode(
       n=1,
@@ -337,7 +364,7 @@ class Conversation:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.wrap_key_data(key)
     self.logits = logits
-    out = _decode(
+    out = self._decode(
       s.graphdef,
       s.state,
       cache,
