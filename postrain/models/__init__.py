@@ -29,6 +29,7 @@ from postrain.models.lora import (
 from postrain.models.lora import (
   QUANTIZE_MODES,
   add_lora,
+  base_sha256,
   has_lora,
   is_quantized,
   lora_adapters,
@@ -50,6 +51,7 @@ __all__ = [
   "ModelConfig",
   "RopeScaling",
   "add_lora",
+  "base_sha256",
   "blocked_head",
   "blocked_logits",
   "config_from_hf",

@@ -270,6 +270,20 @@ def merge_lora(model: Decoder) -> Decoder:
   return out
 
 
+def base_sha256(model: Decoder) -> str:
+  """SHA-256 of the base weights (every non-adapter parameter: path, dtype, shape and bytes, in
+  path order; a quantised weight's codes and scales): identifies the base a LoRA run trained on."""
+  import hashlib
+
+  h = hashlib.sha256()
+  for path, var in nnx.to_flat_state(nnx.state(model, BASE)):
+    for leaf in jax.tree.leaves(var.get_value()):
+      x = np.asarray(jax.device_get(leaf))
+      h.update(f"{'/'.join(map(str, path))}:{x.dtype}:{x.shape};".encode())
+      h.update(np.ascontiguousarray(x).tobytes())
+  return h.hexdigest()
+
+
 def lora_state(model: Decoder) -> nnx.State:
   """The adapter parameters (`nnx.LoRAParam`) as a state."""
   return nnx.state(model, LORA)

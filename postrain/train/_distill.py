@@ -212,9 +212,11 @@ class Distiller:
     params: Any,
     param_shardings: Any,
     tx: Any,
+    rest_shardings: Any = None,
   ):
     """config: the run's config; mesh: its `MeshContext`; graphdef / rest / params /
-    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser."""
+    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser;
+    rest_shardings: LoRA only (params are the adapters, rest the frozen base): the base's."""
     from postrain.train import _update
 
     cfg = config
@@ -256,13 +258,15 @@ class Distiller:
         functools.partial(distill_loss, spec=self.spec),
         tx,
         graphdef,
-        rest,
+        rest if rest_shardings is None else None,
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
       ),
       p_sh,
       mesh.opt_shardings(tx, params, p_sh),
+      # LoRA: the frozen base is an argument of the compiled update.
+      **({} if rest_shardings is None else dict(rest=rest, rest_sh=rest_shardings)),
     )
     self.teacher_fn = make_teacher_fn(
       self.t_graphdef,
