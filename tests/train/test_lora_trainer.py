@@ -105,6 +105,14 @@ def test_resume_is_exact_and_refuses_another_base(tmp_path):
   assert meta["lora_base"]["sha256"] == models.base_sha256(
     build_model(c, resumed.data.tokenizer.vocab_size, seed=c.seed)
   )
+  # `load_run` (select, generate): the base + the checkpoint's adapters, merged.
+  from postrain.train import load_run
+
+  run = load_run(str(tmp_path / "part"))
+  tokens = np.asarray([[1, 2, 3, 4, 5]], np.int32)
+  want = models.forward(resumed.sampling_model(resumed.params), tokens)
+  np.testing.assert_allclose(models.forward(run.model, tokens), want, atol=1e-6)
+  assert not models.has_lora(run.model) and run.step == 4
   # Another base (same config, other weights) is refused with a clear error.
   other = build_model(c, resumed.data.tokenizer.vocab_size, seed=c.seed + 1)
   with pytest.raises(ValueError, match=r"config\.model: the LoRA checkpoint .* SHA-256 differ"):
