@@ -180,8 +180,9 @@ def lora_rank_alpha(model: Decoder) -> tuple[int, float]:
 
 def lora_disabled():
   """Context manager: while a forward pass is traced inside it, the adapters are skipped (the
-  frozen base's outputs, e.g. the KL reference). Enter it inside the jitted function: a trace
-  taken outside it is not reused inside (and vice versa) only when they are different functions.
+  frozen base's outputs, e.g. the KL reference). The switch is read when a function is traced:
+  enter it inside the jitted function (jit's cache does not know about it, so one jitted function
+  must not be traced both inside and outside it).
   """
   import contextlib
 
