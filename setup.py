@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
   "tensorflow-datasets>=4.9.10",
   "array-record>=0.8.6",
   "numpy>=2.0",
+  # LoRA / QLoRA: the int8 / NF4 frozen base (models/lora.py).
+  "qwix>=0.1.8",
   "absl-py>=2.1",
   # Weight import and tokenizers (models/).
   "safetensors>=0.8.0",

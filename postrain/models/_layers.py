@@ -39,6 +39,35 @@ def abstract_params():
     _ABSTRACT.reset(token)
 
 
+# While set, LoRA adapters are skipped: the forward pass is the frozen base's (`models.lora_disabled`,
+# entered inside the traced function so each trace is of one kind).
+_LORA_OFF = contextvars.ContextVar("lora_off", default=False)
+
+
+def weight(param: nnx.Param, dtype: jnp.dtype) -> jax.Array:
+  """A projection weight in `dtype`: the array itself, or a quantised base weight (a qwix `QArray`,
+  `models.quantize_base`) dequantised."""
+  value = param.get_value()
+  if hasattr(value, "qvalue"):  # qwix.QArray (imported lazily: only quantised bases need qwix)
+    import qwix
+
+    return qwix.dequantize(value).astype(dtype)
+  return value.astype(dtype)
+
+
+def adapt(module: nnx.Module, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """y + scale * (x @ A @ B) reshaped like y, when `module` holds a LoRA adapter for its weight
+  `name` (attribute `{name}_lora`, an `nnx.LoRA` with a static `scale` = alpha / rank); else y.
+
+  x: the projection's input with its input axes flattened last ([B, T, in]); y: its output.
+  """
+  adapter = getattr(module, f"{name}_lora", None)
+  if adapter is None or _LORA_OFF.get():
+    return y
+  delta = adapter(x.astype(y.dtype))
+  return y + (adapter.scale * delta).astype(y.dtype).reshape(y.shape)
+
+
 def _init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype) -> nnx.Param:
   if _ABSTRACT.get():
     return nnx.Param(jax.ShapeDtypeStruct(shape, dtype))
@@ -198,9 +227,9 @@ class Attention(nnx.Module):
     cache: (k_cache [L,B,S,K,H], v_cache, slot_valid [B,S] (already updated), end i32[]).
     """
     dt = self.dtype
-    q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q[...].astype(dt))
-    k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k[...].astype(dt))
-    v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v[...].astype(dt))
+    q = adapt(self, "q", x_BTD, jnp.einsum("BTD,DNH->BTNH", x_BTD, weight(self.q, dt)))
+    k = adapt(self, "k", x_BTD, jnp.einsum("BTD,DKH->BTKH", x_BTD, weight(self.k, dt)))
+    v = adapt(self, "v", x_BTD, jnp.einsum("BTD,DKH->BTKH", x_BTD, weight(self.v, dt)))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions_BT, self.inv_freq)
@@ -224,8 +253,9 @@ class Attention(nnx.Module):
         q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
       ).astype(dt)
     # As one [N * H, D] matmul: with the [N, H, D] einsum XLA transposed the weight every step.
-    o_MD = self.o[...].astype(dt).reshape(n * h, -1)
-    out_BTD = jnp.einsum("BTM,MD->BTD", out.reshape(b, t, n * h), o_MD)
+    o_MD = weight(self.o, dt).reshape(n * h, -1)
+    out_BTM = out.reshape(b, t, n * h)
+    out_BTD = adapt(self, "o", out_BTM, jnp.einsum("BTM,MD->BTD", out_BTM, o_MD))
     return out_BTD, k_cache, v_cache
 
 
@@ -241,10 +271,11 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     dt = self.dtype
-    gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate[...].astype(dt))
-    up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up[...].astype(dt))
+    gate_BTF = adapt(self, "gate", x_BTD, jnp.einsum("BTD,DF->BTF", x_BTD, weight(self.gate, dt)))
+    up_BTF = adapt(self, "up", x_BTD, jnp.einsum("BTD,DF->BTF", x_BTD, weight(self.up, dt)))
     hidden_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp_act"))
-    return jnp.einsum("BTF,FD->BTD", hidden_BTF, self.down[...].astype(dt))
+    down_BTD = jnp.einsum("BTF,FD->BTD", hidden_BTF, weight(self.down, dt))
+    return adapt(self, "down", hidden_BTF, down_BTD)
 
 
 class Block(nnx.Module):

@@ -85,6 +85,7 @@ def shard_update(
   *,
   donate: bool = True,
   logical_rules: Sequence[LogicalRule] | None = None,
+  rest_shardings: Any = None,
 ) -> Callable[..., Any]:
   """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`train._update.make_update`)
   jitted with explicit shardings: params / optimiser state keep theirs, every batch array is split
@@ -94,29 +95,39 @@ def shard_update(
   """
   rep = replicated(batch_sharding_.mesh)
   jits: dict[int, Any] = {}
+  # LoRA: `update_fn(params, opt_state, rest, batch, *extra)` takes the frozen base as an argument
+  # (`rest=` of the call), in `rest_shardings`, never donated.
+  with_rest = rest_shardings is not None
+  mid = (rest_shardings,) if with_rest else ()
 
   def jitted(n_extra: int):
     if n_extra not in jits:
       jits[n_extra] = jax.jit(
         _own_trace(update_fn),
-        in_shardings=(param_shardings_, opt_shardings, batch_sharding_) + (rep,) * n_extra,
+        in_shardings=(param_shardings_, opt_shardings, *mid, batch_sharding_) + (rep,) * n_extra,
         out_shardings=(param_shardings_, opt_shardings, rep),
         donate_argnums=(0, 1) if donate else (),
       )
     return jits[n_extra]
 
-  def call(params, opt_state, batch, *extra):
+  def _rest(rest):
+    if with_rest != (rest is not None):
+      raise ValueError("`rest=` is required exactly when the update was built with rest_shardings.")
+    return (rest,) if with_rest else ()
+
+  def call(params, opt_state, batch, *extra, rest=None):
     check_batch(batch, batch_sharding_)
     params, opt_state = _put(params, param_shardings_), _put(opt_state, opt_shardings)
     batch, extra = _put(batch, batch_sharding_), _put(extra, (rep,) * len(extra))
+    rest_arg = _put(_rest(rest), mid)
     with activation_sharding(batch_sharding_.mesh, logical_rules):
-      return jitted(len(extra))(params, opt_state, batch, *extra)
+      return jitted(len(extra))(params, opt_state, *rest_arg, batch, *extra)
 
-  def lower(params, opt_state, batch, *extra):
+  def lower(params, opt_state, batch, *extra, rest=None):
     """The lowered computation for (abstract) arguments: `.compile().memory_analysis()`."""
     check_batch(batch, batch_sharding_)
     with activation_sharding(batch_sharding_.mesh, logical_rules):
-      return jitted(len(extra)).lower(params, opt_state, batch, *extra)
+      return jitted(len(extra)).lower(params, opt_state, *_rest(rest), batch, *extra)
 
   call.lower = lower
   return call

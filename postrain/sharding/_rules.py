@@ -41,6 +41,17 @@ def default_rules() -> list[Rule]:
     (r"mlp/(gate|up)$", ("embed", "mlp")),  # [D, F]
     (r"mlp/down$", ("mlp", "embed")),  # [F, D]
     (r"norm/scale$", ("norm",)),  # [D] or [H] (q/k norm): tiny, replicated
+    # LoRA adapters (`models.add_lora`): A [in, r], B [r, out] with the flattened input / output
+    # axes laid out like the base weight's; the rank dimension replicated.
+    (r"attn/(q|k|v)_lora/lora_a$", ("embed", None)),  # [D, r]
+    (r"attn/q_lora/lora_b$", (None, "heads")),  # [r, N*H]
+    (r"attn/[kv]_lora/lora_b$", (None, "kv_heads")),  # [r, K*H]
+    (r"attn/o_lora/lora_a$", ("heads", None)),  # [N*H, r]
+    (r"attn/o_lora/lora_b$", (None, "embed")),  # [r, D]
+    (r"mlp/(gate|up)_lora/lora_a$", ("embed", None)),  # [D, r]
+    (r"mlp/(gate|up)_lora/lora_b$", (None, "mlp")),  # [r, F]
+    (r"mlp/down_lora/lora_a$", ("mlp", None)),  # [F, r]
+    (r"mlp/down_lora/lora_b$", (None, "embed")),  # [r, D]
   ]
 
 
@@ -202,9 +213,27 @@ def param_specs(
         allow_replication=allow_replication,
         name=f"parameter {path!r}",
       )
+      if hasattr(value, "qvalue"):  # a quantised base weight (qwix QArray, `models.quantize_base`)
+        spec = _qarray_specs(value, spec, mesh)
     return leaf.replace(spec) if _is_var(leaf) else spec
 
   return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_var)
+
+
+def _qarray_specs(q: Any, spec: P, mesh: Mesh) -> Any:
+  """The weight's spec for the codes of a qwix `QArray`; its scales (and zero points) keep a
+  split dimension only where the mesh axes divide theirs (blocks per shard), else replicate it."""
+
+  def small(x):
+    if x is None:
+      return None
+    out = []
+    for entry, size in zip(tuple(spec) + (None,) * (x.ndim - len(spec)), x.shape):
+      ways = math.prod(mesh.shape[a] for a in _mesh_axes(entry))
+      out.append(entry if size % ways == 0 else None)
+    return P(*out)
+
+  return q.replace(qvalue=spec, scale=small(q.scale), zero_point=small(q.zero_point))
 
 
 def param_shardings(tree: Any, mesh: Mesh, rules: Sequence[Rule], **kwargs: Any) -> Any:

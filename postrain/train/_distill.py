@@ -171,7 +171,10 @@ def make_teacher_fn(
   vmap = None if vocab_map is None else jnp.asarray(vocab_map, jnp.int32)
 
   def fn(t_params, t_tokens, t_valid, s_params, s_tokens, s_valid, targets):
-    teacher = nnx.merge(t_graphdef, t_params, t_rest)
+    # A rest of None (LoRA): the params are (adapters, frozen base) pairs, both arguments.
+    t_params, t_frozen = t_params if t_rest is None else (t_params, t_rest)
+    s_params, s_frozen = s_params if s_rest is None else (s_params, s_rest)
+    teacher = nnx.merge(t_graphdef, t_params, t_frozen)
     resp_len = targets.shape[1]
     if vmap is not None:  # the teacher reads its own ids; its logits come back on the student's
       t_tokens = vmap[t_tokens]
@@ -185,7 +188,7 @@ def make_teacher_fn(
     else:
       out["teacher_logp"] = _gather(t_logits, targets)
     if release_k:
-      student = nnx.merge(s_graphdef, s_params, s_rest)
+      student = nnx.merge(s_graphdef, s_params, s_frozen)
       s_logits = response_logits(student, s_tokens, s_valid, resp_len)
       out["margin"] = advantages.teacher_margin(s_logits, t_logits, k=release_k)
     return out
@@ -212,9 +215,11 @@ class Distiller:
     params: Any,
     param_shardings: Any,
     tx: Any,
+    rest_shardings: Any = None,
   ):
     """config: the run's config; mesh: its `MeshContext`; graphdef / rest / params /
-    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser."""
+    param_shardings: the student (`nnx.split` in its shardings); tx: the RL optimiser;
+    rest_shardings: LoRA only (params are the adapters, rest the frozen base): the base's."""
     from postrain.train import _update
 
     cfg = config
@@ -256,19 +261,25 @@ class Distiller:
         functools.partial(distill_loss, spec=self.spec),
         tx,
         graphdef,
-        rest,
+        rest if rest_shardings is None else None,
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
       ),
       p_sh,
       mesh.opt_shardings(tx, params, p_sh),
+      # LoRA: the frozen base is an argument of the compiled update.
+      **({} if rest_shardings is None else dict(rest=rest, rest_sh=rest_shardings)),
     )
+    # LoRA: the frozen base is an argument of the teacher pass too (the student's, and the EMA
+    # teacher's = base + the adapters' moving average), never a constant of the compiled pass.
+    lora = rest_shardings is not None
+    t_lora = lora and self.ema
     self.teacher_fn = make_teacher_fn(
       self.t_graphdef,
-      self.t_rest,
+      None if t_lora else self.t_rest,
       graphdef,
-      rest,
+      None if lora else rest,
       student_vocab=student_vocab,
       full_logits=d.loss != "pg",
       release_k=int(d.release_k) if d.release else 0,
@@ -279,8 +290,19 @@ class Distiller:
       from postrain.train import _distill_local
 
       self.teacher_fn = _distill_local.shard_teacher_fn(
-        self.teacher_fn, mesh, self.t_param_shardings, param_shardings
+        self.teacher_fn,
+        mesh,
+        (self.t_param_shardings, rest_shardings) if t_lora else self.t_param_shardings,
+        (param_shardings, rest_shardings) if lora else param_shardings,
       )
+    if lora:
+      inner = self.teacher_fn
+
+      def teacher_fn(t_params, t_tokens, t_valid, s_params, *batch):
+        t_params = (t_params, rest) if t_lora else t_params
+        return inner(t_params, t_tokens, t_valid, (s_params, rest), *batch)
+
+      self.teacher_fn = teacher_fn
 
   def state(self) -> dict[str, Any]:
     return {"teacher_params": self.teacher_params} if self.ema else {}

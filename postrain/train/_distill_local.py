@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from postrain import advantages, sharding
 from postrain.train import _rollout, _teacher
@@ -63,7 +62,7 @@ def distill_step(
   problems = problems[mine]
   if record is not None:
     record(problems)
-  parts.sampler.update(nnx.merge(parts.graphdef, state.params, parts.rest))
+  parts.sampler.update(parts.policy_model(state.params))
   key = jax.random.fold_in(state.rng, state.step)
   offset = mine.start if mesh.multi_process else None
   out, texts, sample_s = _rollout.generate_groups(

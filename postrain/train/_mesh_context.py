@@ -87,10 +87,35 @@ class MeshContext:
 
   # -- jits -------------------------------------------------------------------------------------
 
-  def shard_update(self, update_fn: Callable[..., Any], p_sh: Any, o_sh: Any) -> Callable:
-    return sharding.shard_update(
-      update_fn, p_sh, o_sh, self.batch, logical_rules=self.logical_rules
+  def shard_update(
+    self, update_fn: Callable[..., Any], p_sh: Any, o_sh: Any, rest: Any = None, rest_sh: Any = None
+  ) -> Callable:
+    """The sharded update; with `rest` (LoRA: the frozen base, in `rest_sh`) the returned call
+    passes it to every step as an argument of the compiled update."""
+    fn = sharding.shard_update(
+      update_fn, p_sh, o_sh, self.batch, logical_rules=self.logical_rules, rest_shardings=rest_sh
     )
+    if rest is None:
+      return fn
+
+    def call(params, opt_state, batch, *extra):
+      return fn(params, opt_state, batch, *extra, rest=rest)
+
+    call.lower = lambda params, opt_state, batch, *extra: fn.lower(
+      params, opt_state, batch, *extra, rest=rest
+    )
+    return call
+
+  def place_lora(self, model: nnx.Module) -> tuple[Any, Any, Any, Any, Any]:
+    """(graphdef, adapters, frozen, adapter shardings, frozen shardings) of a model with LoRA
+    adapters: the trainable `nnx.LoRAParam`s and the frozen rest (base weights, possibly
+    quantised, and non-parameter state), each moved into its shards."""
+    graphdef, lora, base, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+    frozen = nnx.merge_state(base, rest)
+    l_sh, f_sh = self.param_shardings(lora), self.param_shardings(frozen)
+    lora = sharding.place_params(jax.device_get(lora), l_sh)
+    frozen = sharding.place_params(jax.device_get(frozen), f_sh)
+    return graphdef, lora, frozen, l_sh, f_sh
 
   def shard_logprob_fn(self, fn: Callable[..., Any], p_sh: Any) -> Callable:
     return sharding.shard_logprob_fn(fn, p_sh, self.batch, logical_rules=self.logical_rules)

@@ -71,6 +71,18 @@ class RLStepParts:
   logprobs: Callable[..., Any]
   num_rl_steps: int
   foreign: Any = None
+  # The model the sampler runs for given params (LoRA: a merged copy); default merge(graphdef,
+  # params, rest).
+  sampling_model: Callable[[Any], Any] | None = None
+  # LoRA with rl.kl_coef > 0: `(params, tokens, mask, valid) -> f32[B, T]` of the base with the
+  # adapters off (the KL reference).
+  base_logprobs: Callable[..., Any] | None = None
+
+  def policy_model(self, params: Any) -> Any:
+    """The model to sample from with `params`."""
+    if self.sampling_model is not None:
+      return self.sampling_model(params)
+    return nnx.merge(self.graphdef, params, self.rest)
 
 
 def rl_step(
@@ -114,7 +126,7 @@ def rl_step(
     n, offset = g // 2, 2 * mine.start
 
   # 2. Sample: G responses per prompt with the current parameters.
-  parts.sampler.update(nnx.merge(parts.graphdef, state.params, parts.rest))
+  parts.sampler.update(parts.policy_model(state.params))
   key = jax.random.fold_in(state.rng, state.step)
   out, texts, sample_s = _rollout.generate_groups(
     parts.sampler, data, prompts, rl, key=key, n=n,
@@ -146,7 +158,11 @@ def rl_step(
     metrics.update(ftis_metrics)
   else:
     batch = mesh.place_rows(batch, num_rows)
-  if ref_params is not None:
+  if parts.base_logprobs is not None:  # LoRA: the KL reference is the base, adapters off
+    batch = batch.replace(
+      ref_logp=parts.base_logprobs(state.params, batch.tokens, batch.mask, batch.valid)
+    )
+  elif ref_params is not None:
     batch = batch.replace(
       ref_logp=parts.logprobs(ref_params, batch.tokens, batch.mask, batch.valid)
     )

@@ -102,7 +102,22 @@ class Trainer:
     # Lengths and counts against the config (file:line of the worst offender), before compiling.
     self.data_stats = _data.check_task_data(config, self.data)
     vocab = self.data.tokenizer.vocab_size
-    if model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
+    # LoRA (config.model.lora.rank > 0): params are the adapters, `rest` the frozen base (and the
+    # non-parameter state), an argument of every compiled step (`rest_shardings`).
+    self.lora = config.model.lora.rank > 0
+    self.rest_shardings = self.base_info = None
+    if self.lora:
+      if model is None:
+        with _mesh_context.host_memory():
+          model = build_model(config, vocab, seed=config.seed)
+      else:
+        model = nnx.clone(model)  # adapters are added in place: leave the caller's model alone
+      self._base_hash = models.base_sha256(model)
+      self.graphdef, params, self.rest, self.param_shardings, self.rest_shardings = _lora_model(
+        config, model, mesh
+      )
+      self.base_info = self._base_info()
+    elif model is None and config.model.source == "scratch" and mesh.mesh.size > 1:
       # Created in its shards: no device ever holds the whole model.
       self.graphdef, params, self.rest, self.param_shardings = mesh.init_sharded(
         lambda: build_model(config, vocab, seed=config.seed)
@@ -112,8 +127,15 @@ class Trainer:
         with _mesh_context.host_memory():  # imported weights stay in host memory until placed
           model = build_model(config, vocab, seed=config.seed)
       self.graphdef, params, self.rest, self.param_shardings = mesh.place(model)
-    model = nnx.merge(self.graphdef, params, self.rest)
-    self.sampler = mesh.sampler(model, cache_size=config.rl.cache_size)
+    self._merge_fn = self._plain_graphdef = None
+    if self.lora and config.model.lora.sample_merged:
+      lora_model = nnx.merge(self.graphdef, params, self.rest)
+      self._plain_graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.merge_lora(lora_model)))
+      graphdef = self.graphdef
+      self._merge_fn = jax.jit(
+        lambda lo, fr: nnx.state(models.merge_lora(nnx.merge(graphdef, lo, fr)))
+      )
+    self.sampler = mesh.sampler(self.sampling_model(params), cache_size=config.rl.cache_size)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),
@@ -145,12 +167,13 @@ class Trainer:
         functools.partial(_update.sft_loss, impl=impl),
         self.sft_tx,
         self.graphdef,
-        self.rest,
+        None if self.lora else self.rest,
         counts_fn=_update.sft_counts,
         microbatch_rows=config.sft.microbatch_rows,
       ),
       p_sh,
       mesh.opt_shardings(self.sft_tx, self.params, p_sh),
+      **self._rest_kwargs(),
     )
     rl = config.rl
     self.rl_spec = _update.RLSpec(
@@ -173,19 +196,36 @@ class Trainer:
         functools.partial(_update.rl_loss, spec=self.rl_spec),
         self.rl_tx,
         self.graphdef,
-        self.rest,
+        None if self.lora else self.rest,
         counts_fn=functools.partial(_update.rl_counts, spec=self.rl_spec),
         microbatch_rows=rl.microbatch_rows,
         group_size=rl.group_size,
       ),
       p_sh,
       mesh.opt_shardings(self.rl_tx, self.params, p_sh),
+      **self._rest_kwargs(),
     )
-    self.ref_logprobs = mesh.shard_logprob_fn(
-      _update.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
+    self.base_logprobs = None
+    if self.lora:
+      # (adapters, frozen) pairs: the frozen base is an argument of the compiled pass.
+      pair_sh = (p_sh, self.rest_shardings)
+      on = mesh.shard_logprob_fn(_update.make_logprob_fn(self.graphdef, None, impl), pair_sh)
+      off = mesh.shard_logprob_fn(
+        _update.make_logprob_fn(self.graphdef, None, impl, adapters=False), pair_sh
+      )
+      self.ref_logprobs = lambda params, *batch: on((params, self.rest), *batch)
+      # The KL reference: the base with the adapters switched off.
+      if rl.kl_coef > 0:
+        self.base_logprobs = lambda params, *batch: off((params, self.rest), *batch)
+    else:
+      self.ref_logprobs = mesh.shard_logprob_fn(
+        _update.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
+      )
+    # The frozen reference model of the KL term (reset to the policy when RL starts); with LoRA
+    # the base itself (`base_logprobs`), no copy.
+    self.ref_params = (
+      jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 and not self.lora else None
     )
-    # The frozen reference model of the KL term (reset to the policy when RL starts).
-    self.ref_params = jax.tree.map(jnp.copy, self.params) if rl.kl_coef > 0 else None
     self.checkpointer = _checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       every=config.checkpoint.every,
@@ -204,6 +244,7 @@ class Trainer:
         params=self.params,
         param_shardings=self.param_shardings,
         tx=self.rl_tx,
+        rest_shardings=self.rest_shardings,
       )
       if config.mode in ("opd", "mopd")
       else None
@@ -227,8 +268,36 @@ class Trainer:
       logprobs=self.ref_logprobs,
       num_rl_steps=self.rl_steps,
       foreign=self.ftis,
+      sampling_model=self.sampling_model,
+      base_logprobs=self.base_logprobs,
     )
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
+
+  # -- LoRA ------------------------------------------------------------------------------------
+
+  def _rest_kwargs(self) -> dict[str, Any]:
+    """LoRA: the frozen base as the compiled update's argument (`MeshContext.shard_update`)."""
+    return dict(rest=self.rest, rest_sh=self.rest_shardings) if self.lora else {}
+
+  def _base_info(self) -> dict[str, Any]:
+    """The pointer to the frozen base a LoRA checkpoint stores: where it comes from and the
+    SHA-256 of its weights (computed before adapters and quantisation)."""
+    c = self.config.model
+    return {
+      "source": c.source,
+      "name": c.name,
+      "path": c.path,
+      "quantize": c.quantize,
+      "sha256": self._base_hash,
+    }
+
+  def sampling_model(self, params: Any) -> nnx.Module:
+    """The model the sampler runs for `params`: the policy itself, or with LoRA and
+    `model.lora.sample_merged` a plain decoder with the adapters merged in (one jitted merge per
+    call; sampling then costs what a full model's does)."""
+    if self._merge_fn is None:
+      return nnx.merge(self.graphdef, params, self.rest)
+    return nnx.merge(self._plain_graphdef, self._merge_fn(params, self.rest))
 
   def _check_memory(self) -> dict[str, _memory.UpdateMemory]:
     """Prints the compiler's memory plan of the SFT and RL updates at their largest batch and
@@ -274,6 +343,7 @@ class Trainer:
 
   def _save(self, *, force: bool = False) -> None:
     meta = {
+      **({"lora_base": self.base_info} if self.lora else {}),
       "step": self.step,
       "data_position": self._data_position(),
       "rng_key": np.asarray(jax.random.key_data(self.state.rng)).tolist(),
@@ -290,17 +360,29 @@ class Trainer:
     restored = self.checkpointer.restore_latest(_checkpoint.abstract_like(self._state()))
     if restored is None:
       return
-    step, state, _ = restored
+    step, state, meta = restored
+    if self.lora:
+      self._check_base(meta)
     self.state = self.state.replace(params=state["params"], opt_state=state["opt_state"], step=step)
     self.ref_params = state.get("ref_params")
     if self.distiller is not None:
       self.distiller.restore(state)
     _LOG.info("resumed from step %d", self.step)
 
+  def _check_base(self, meta: dict[str, Any]) -> None:
+    """A LoRA checkpoint's adapters only fit the base they were trained on."""
+    saved = meta.get("lora_base")
+    if saved is None or saved.get("sha256") != self.base_info["sha256"]:
+      raise ValueError(
+        f"config.model: the LoRA checkpoint in {self.checkpointer.directory} was trained on the "
+        f"base {saved} but this run's base (config.model.source/name/path) is {self.base_info} "
+        "(weights' SHA-256 differ); restore it onto its own base or use a new workdir."
+      )
+
   def _enter_rl(self) -> None:
     """Fresh optimiser state for the RL phase and the frozen reference model for the KL term."""
     self.opt_state = self.mesh.init_opt_state(self.rl_tx, self.params, self.param_shardings)
-    if self.config.rl.kl_coef > 0:
+    if self.config.rl.kl_coef > 0 and not self.lora:
       self.ref_params = jax.tree.map(jnp.copy, self.params)
     if self.distiller is not None:
       self.distiller.enter(self.params)
@@ -375,7 +457,7 @@ class Trainer:
 
   def evaluate(self) -> dict[str, float]:
     cfg = self.config
-    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
+    self.sampler.update(self.sampling_model(self.params))
     key = jax.random.fold_in(jax.random.fold_in(self.state.rng, 2**30), self.step)
     return _rollout.evaluate(
       self.sampler,
@@ -529,6 +611,22 @@ class Trainer:
         title=f"{self.config.task.name} / "
         + (self.config.rl.algorithm if self.config.mode == "rl" else self.config.mode),
       )
+
+
+def _lora_model(config: mlc.ConfigDict, model: nnx.Module, mesh: Any) -> tuple[Any, ...]:
+  """Adds `config.model.lora`'s adapters to `model` (in place), quantises its base as
+  `config.model.quantize` says, and places it: (graphdef, adapters, frozen rest, their shardings).
+  Bad targets / rank: ValueError naming the key, before anything is compiled."""
+  lora = config.model.lora
+  models.add_lora(
+    model,
+    rank=int(lora.rank),
+    alpha=float(lora.alpha) or None,
+    targets=tuple(lora.targets),
+    seed=config.seed,
+  )
+  models.quantize_base(model, config.model.quantize)
+  return mesh.place_lora(model)
 
 
 class _NoWriter:

@@ -15,6 +15,7 @@ gradient and every aux metric equal the unsplit ones (up to float32 summation or
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -246,10 +247,14 @@ def make_update(
 ):
   """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
   optimiser step on the batch, its gradient accumulated over micro-batches of `microbatch_rows`
-  rows when that is set (`accumulated_grads`)."""
+  rows when that is set (`accumulated_grads`).
 
-  @jax.jit
-  def update(params, opt_state, batch, *extra):
+  `rest=None` (LoRA): the model's other state is an argument, not a constant of the compiled
+  step: `(params, opt_state, rest, batch, *extras)`, where params are the trainable adapters and
+  rest the frozen (possibly quantised) base with the non-parameter state; only params get
+  gradients and optimiser state."""
+
+  def _step(params, opt_state, rest, batch, *extra):
     grads, aux = accumulated_grads(
       loss_fn,
       params,
@@ -266,15 +271,35 @@ def make_update(
     aux = dict(aux, grad_norm=optax.tree.norm(grads))
     return params, opt_state, aux
 
+  if rest is None:
+
+    @jax.jit
+    def update_with_rest(params, opt_state, rest, batch, *extra):
+      return _step(params, opt_state, rest, batch, *extra)
+
+    return update_with_rest
+
+  @jax.jit
+  def update(params, opt_state, batch, *extra):
+    return _step(params, opt_state, rest, batch, *extra)
+
   return update
 
 
-def make_logprob_fn(graphdef, rest, impl: str):
-  """Jitted per-token log-probs of a batch under given parameters (reference model)."""
+def make_logprob_fn(graphdef, rest, impl: str, *, adapters: bool = True):
+  """Jitted per-token log-probs of a batch under given parameters (reference model).
+
+  `rest=None` (LoRA): `params` is the pair (adapters, frozen base and rest), both arguments;
+  `adapters=False`: the LoRA adapters are switched off (the base model: the KL reference)."""
 
   @jax.jit
   def fn(params, tokens, mask, valid):
-    model = nnx.merge(graphdef, params, rest)
-    return models.logprobs(model, tokens, mask, valid=valid, impl=impl)
+    if rest is None:
+      params, frozen = params
+    else:
+      frozen = rest
+    model = nnx.merge(graphdef, params, frozen)
+    with contextlib.nullcontext() if adapters else models.lora_disabled():
+      return models.logprobs(model, tokens, mask, valid=valid, impl=impl)
 
   return fn

@@ -75,6 +75,21 @@ def base_config() -> mlc.ConfigDict:
   # (source hf / gguf), "none" from scratch.
   c.model.remat = "auto"
   c.model.logprob_impl = "chunked"  # "naive", "chunked" or "pallas" (postrain.kernels)
+  # LoRA (`models.add_lora`): rank 0 = off (full fine-tuning). With rank r > 0 only the adapters
+  # train (float32, with their optimiser state); the base is frozen, passed to the compiled
+  # update as an argument, and with the adapters off it is the KL reference (no second copy).
+  c.model.lora = mlc.ConfigDict()
+  c.model.lora.rank = 0
+  c.model.lora.alpha = 0.0  # scale alpha / rank; 0 = rank (scale 1)
+  # Regexes (re.search) over projection paths such as "layers/3/attn/q", "layers/3/mlp/down".
+  c.model.lora.targets = (r"attn/(q|k|v|o)$", r"mlp/(gate|up|down)$")
+  c.model.lora.dropout = 0.0  # adapter dropout: only 0 is implemented
+  # Sampling from a merged copy (W + scale A B, built once per step) rather than applying the
+  # adapters at every decode step (measured faster: docs/benchmarks.md).
+  c.model.lora.sample_merged = True
+  # The frozen base's storage with LoRA: "none", "int8" (per channel) or "nf4" (QLoRA, blocks of
+  # 64), qwix. Needs lora.rank > 0 (a quantised base cannot be trained).
+  c.model.quantize = "none"
 
   c.optimizer = mlc.ConfigDict()
   c.optimizer.lr = 1e-3
@@ -226,6 +241,7 @@ def validate(c: mlc.ConfigDict) -> None:
   )
   remats = ("auto", "none", "block", "save_dots", "save_dots_no_batch")
   need(c.model.remat in remats, "model.remat", f"must be one of {remats}, got {c.model.remat!r}")
+  _validate_lora(c, need)
   need(
     c.memory.check in ("auto", "on", "off"),
     "memory.check",
@@ -321,6 +337,35 @@ def validate(c: mlc.ConfigDict) -> None:
 
   validate_distill(c, need)
   _validate_sharding(c, need)
+
+
+def _validate_lora(c: mlc.ConfigDict, need: Any) -> None:
+  lora = c.model.lora
+  need(
+    isinstance(lora.rank, int) and lora.rank >= 0,
+    "model.lora.rank",
+    f"must be an integer >= 0 (0 = no LoRA), got {lora.rank!r}",
+  )
+  need(lora.alpha >= 0, "model.lora.alpha", f"must be >= 0 (0 = rank), got {lora.alpha}")
+  need(
+    lora.dropout == 0,
+    "model.lora.dropout",
+    f"adapter dropout is not implemented; use 0.0, got {lora.dropout}",
+  )
+  need(
+    not isinstance(lora.targets, str) and len(lora.targets) > 0,
+    "model.lora.targets",
+    f"must be a non-empty list of regexes, got {lora.targets!r}",
+  )
+  modes = ("none", "int8", "nf4")
+  need(
+    c.model.quantize in modes, "model.quantize", f"must be one of {modes}, got {c.model.quantize!r}"
+  )
+  need(
+    c.model.quantize == "none" or lora.rank > 0,
+    "model.quantize",
+    f"a {c.model.quantize} base is frozen and cannot be trained; set model.lora.rank > 0 (QLoRA)",
+  )
 
 
 def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:

@@ -199,6 +199,20 @@ def load_run(
   if not checkpoint_steps(workdir):
     raise FileNotFoundError(f"{what}: no checkpoint under {os.path.join(workdir, 'checkpoints')!r}")
   tokenizer = run_tokenizer(config, workdir)
+  lora = config.model.get("lora", None)
+  if lora is not None and lora.rank > 0:
+    # A LoRA run: its base (the trainer's seed for a scratch model), the adapters from the
+    # checkpoint, merged into a plain decoder.
+    model = run_model(config, tokenizer.vocab_size, dtype=dtype, seed=config.seed)
+    models.add_lora(
+      model, rank=int(lora.rank), alpha=float(lora.alpha) or None, targets=tuple(lora.targets),
+      seed=config.seed,
+    )  # fmt: skip
+    models.quantize_base(model, config.model.get("quantize", "none"))
+    graphdef, abstract, rest = nnx.split(model, nnx.LoRAParam, ...)
+    params, step = restore_params(workdir, abstract, what=what)
+    merged = models.merge_lora(nnx.merge(graphdef, params, rest))
+    return Run(workdir, config, tokenizer, merged, step)
   model = run_model(
     config,
     tokenizer.vocab_size,
