@@ -18,7 +18,9 @@ either appends the observation's tokens or ends the row. A row ends when
   * it has taken `max_turns` turns;
   * its turn hit `max_new_tokens` without a stop token (cut mid-turn; counted as truncated);
   * the observation plus one more token would pass `max_total_tokens`, the budget of tokens
-    after the prompt (generated + observation tokens); counted as truncated.
+    after the prompt (generated + observation tokens); counted as truncated;
+  * the conversation's cache (`conversation.remaining` free slots, when it has that attribute)
+    cannot hold the observations and one more token; every continuing row ends, truncated.
 Each turn generates at most `min(max_new_tokens, the largest remaining budget of its rows)`
 tokens, so a row with less budget than that may exceed it by the rest of its last turn (then it
 ends, truncated); the sampler's cache size is the hard limit.
@@ -150,13 +152,20 @@ def run_episodes(
       observations[row] = obs_ids
     if not active.any():
       break
-    remaining = max(
-      max_total_tokens - int(generated[r] + context[r]) for r in np.flatnonzero(active)
+    live = np.flatnonzero(active)
+    limit = min(
+      max_new_tokens, max(max_total_tokens - int(generated[r] + context[r]) for r in live)
     )
+    room = getattr(conversation, "remaining", None)  # free cache slots (sampling.Conversation)
+    if room is not None:  # the chunk [last token, observation] and the new tokens must fit
+      limit = min(limit, int(room) - 1 - max(len(observations[r]) for r in live))
+      if limit < 1:  # the cache is full: every continuing row ends here
+        truncated[live], active[live] = True, False
+        context[live] -= [len(observations[r]) for r in live]
+        break
     turn = conversation.extend(
-      observations, key=jax.random.fold_in(key, t), max_new_tokens=min(max_new_tokens, remaining),
-      **kw,
-    )  # fmt: skip
+      observations, key=jax.random.fold_in(key, t), max_new_tokens=limit, **kw
+    )
   out = conversation.result()
   calls, errors = np.zeros(b, np.int32), np.zeros(b, np.int32)
   per_tool: dict[str, np.ndarray] = {}

@@ -32,8 +32,12 @@ class TaskData:
   extract: str = "marked"  # config.task.extract: the answer extraction mode
   extract_max_chars: int = tasks.MAX_EXTRACT_CHARS
   format_reward: float = 0.0  # config.task.format_reward (training rewards only)
+  # config.env: an environment's prompt of a problem (its system text, then the question), or None
+  env_prompt: Any = None
 
   def prompt(self, problem: tasks.Problem) -> str:
+    if self.env_prompt is not None:
+      return self.env_prompt(problem)
     return tasks.format_prompt(
       problem, chat_template=self.chat_template, instruction=self.instruction
     )
@@ -102,6 +106,15 @@ def load_task_data(
       tokenizers_lib.apply_chat_template, template_name=config.tokenizer.chat_template
     )
   instruction = None if cfg.instruction == "default" else cfg.instruction
+  env_prompt = None
+  if config.env.name != "none":
+    from postrain import envs
+    from postrain.train import _env_stage
+
+    def env_prompt(problem: tasks.Problem) -> str:
+      messages = _env_stage.make_env(config).reset(problem)
+      return envs.prompt_text(messages, chat_template=chat_template, instruction=instruction)
+
   return TaskData(
     task=task,
     train=train,
@@ -112,6 +125,7 @@ def load_task_data(
     extract=cfg.extract,
     extract_max_chars=int(cfg.extract_max_chars),
     format_reward=float(cfg.format_reward),
+    env_prompt=env_prompt,
   )
 
 
@@ -140,6 +154,10 @@ def _load_tokenizer(config: mlc.ConfigDict, workdir: str, train: list[tasks.Prob
     *tasks.task_corpus(train),
     PLAIN_TEMPLATE.format(trace=" ".join(placeholders), prompt=""),
   ]
+  if config.env.name != "none":  # what the environment writes: tool descriptions, results
+    from postrain.train import _env_stage
+
+    texts += _env_stage.make_env(config).corpus()
   symbols = ("\n", *placeholders)
   path = tok.path or tasks.train_tokenizer(
     texts,

@@ -31,6 +31,7 @@ from postrain.train import (
   _checkpoint,
   _data,
   _distill,
+  _env_stage,
   _ftis,
   _memory,
   _mesh_context,
@@ -114,6 +115,16 @@ class Trainer:
       self.graphdef, params, self.rest, self.param_shardings = mesh.place(model)
     model = nnx.merge(self.graphdef, params, self.rest)
     self.sampler = mesh.sampler(model, cache_size=config.rl.cache_size)
+    # config.env: multi-turn, tool-using rollouts (`_env_stage.py`), one process only.
+    self.env = None
+    if _env_stage.enabled(config):
+      if mesh.multi_process:
+        raise NotImplementedError(
+          f"config.env.name={config.env.name!r}: multi-turn rollouts run in one process only "
+          "(the sharded sampler's per-process row split does not cover conversations yet); "
+          "run with one process or set config.env.name='none'."
+        )
+      self.env = _env_stage.EnvRollouts(config, self.data, model)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),
@@ -227,6 +238,7 @@ class Trainer:
       logprobs=self.ref_logprobs,
       num_rl_steps=self.rl_steps,
       foreign=self.ftis,
+      env=self.env,
     )
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
 
@@ -375,7 +387,10 @@ class Trainer:
 
   def evaluate(self) -> dict[str, float]:
     cfg = self.config
-    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
+    model = nnx.merge(self.graphdef, self.params, self.rest)
+    self.sampler.update(model)
+    if self.env is not None:
+      self.env.update(model)
     key = jax.random.fold_in(jax.random.fold_in(self.state.rng, 2**30), self.step)
     return _rollout.evaluate(
       self.sampler,
@@ -387,6 +402,7 @@ class Trainer:
       timeout_s=cfg.task.verifier_timeout_s,
       mesh=self.mesh,  # several processes: each evaluates its share of the problems
       record=lambda problems: self._record_problems("eval", problems),
+      env=self.env,  # config.env: multi-turn episodes
     )
 
   # -- the loop --------------------------------------------------------------------------------

@@ -158,6 +158,25 @@ def base_config() -> mlc.ConfigDict:
   c.teacher = teacher_config()
   c.distill = distill_config()
 
+  # Multi-turn, tool-using rollouts (postrain.envs; postrain/train/_env_stage.py). name: "none"
+  # (single-turn), "calculator", "python", "tools" (the tools `env.tools` names, comma-separated),
+  # a registered environment or "package.module:attr". format: "auto" (chat prompts: "hermes",
+  # plain: "compact"), "hermes" or "compact". max_total_tokens: tokens after the prompt (model and
+  # tool tokens), 0: only rl.cache_size bounds them. The reward is the verifier's on the final
+  # turn plus success_reward / error_reward per successful / failed tool call.
+  c.env = mlc.ConfigDict(
+    dict(
+      name="none",
+      format="auto",
+      tools="",
+      max_turns=4,
+      max_total_tokens=0,
+      tool_timeout_s=5.0,
+      success_reward=0.0,
+      error_reward=0.0,
+    )
+  )
+
   c.eval = mlc.ConfigDict()
   c.eval.every = 50
   c.eval.num_problems = 200
@@ -321,6 +340,9 @@ def validate(c: mlc.ConfigDict) -> None:
 
   validate_distill(c, need)
   _validate_sharding(c, need)
+  from postrain.train._env_stage import validate_env
+
+  validate_env(c, need)
 
 
 def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:

@@ -25,9 +25,16 @@ class ScriptedConversation:
   without a stop token); `max_new_tokens` cuts a turn. Builds the layout `Conversation.result()`
   promises: prompt, then turns and observations in order, mask 1 on generated tokens only."""
 
-  def __init__(self, scripts, tokenizer):
-    self.scripts, self.tok = scripts, tokenizer
+  def __init__(self, scripts, tokenizer, cache_size=None):
+    self.scripts, self.tok, self.cache_size = scripts, tokenizer, cache_size
     self.calls = []  # (method, observations or prompts, max_new_tokens)
+
+  @property
+  def remaining(self):
+    """Like `Conversation.remaining`: slots left when every row's columns are kept aligned."""
+    if self.cache_size is None:
+      raise AttributeError("remaining")
+    return self.cache_size - max(map(len, self.rows))
 
   def _turn(self, rows, max_new_tokens):
     out_tokens, stopped = [], []

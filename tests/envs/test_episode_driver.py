@@ -11,11 +11,11 @@ from postrain import envs
 KEY = jax.random.key(0)
 
 
-def _run(scripts, fmt="compact", **kw):
+def _run(scripts, fmt="compact", cache_size=None, **kw):
   tok = CharTokenizer(envs.get_format(fmt).end_of_turn)
   rows = [envs.make_env("calculator", format=fmt) for _ in scripts]
   prompts = [tok.encode(envs.prompt_text(e.reset(f"q{i}"))) for i, e in enumerate(rows)]
-  conv = ScriptedConversation(scripts, tok)
+  conv = ScriptedConversation(scripts, tok, cache_size)
   args = dict(max_new_tokens=64, max_turns=4, max_total_tokens=400)
   args.update(kw)
   out, stats = envs.run_episodes(
@@ -118,3 +118,17 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="max_turns"):
     envs.run_episodes(None, [None], [[1]], encode=list, decode=str, key=KEY, max_new_tokens=1,
                       max_turns=0, max_total_tokens=1, stop_tokens=())  # fmt: skip
+
+
+def test_a_full_cache_ends_the_continuing_rows():
+  # after the first turn (30 tokens) row 1 needs 1 + 14 slots for its observation and at least
+  # one new token
+  tok = CharTokenizer()
+  env = envs.make_env("calculator", format="compact")
+  prompt_len = len(tok.encode(envs.prompt_text(env.reset("q0"))))
+  _, stats, _, _, conv, _ = _run(SCRIPTS[1:2], cache_size=prompt_len + 30 + 10)
+  assert [c[0] for c in conv.calls] == ["start"]
+  assert stats.truncated.tolist() == [True] and stats.context_tokens.tolist() == [0]
+  # with room for 5 new tokens, the second turn is capped at 5
+  _, stats, _, _, conv, _ = _run(SCRIPTS[1:2], cache_size=prompt_len + 30 + 15 + 5)
+  assert [c[2] for c in conv.calls] == [64, 5]
