@@ -130,10 +130,25 @@ def _prefill_impl(
 
 
 def _decode_impl(
-  graphdef, state, cache, logits, prompt_lengths, stop_tokens, key, temperature, top_p, mode
+  graphdef,
+  state,
+  cache,
+  logits,
+  prompt_lengths,
+  stop_tokens,
+  key,
+  temperature,
+  top_p,
+  mode,
+  active=None,
 ):
   """Draws step 0 from the prefill `logits: f32[B, V]`, then steps 1 .. max_new - 1 in one
-  while_loop; returns the response buffers [B, max_new], the lengths and the cache."""
+  while_loop; returns the response buffers [B, max_new], the lengths and the cache.
+
+  `prompt_lengths: i32[B]` is the number of context tokens of each row (the position of its first
+  new token). `active: bool[B] | None`: rows that generate (None: all); an inactive row draws
+  nothing (length 0, pad tokens, zero log-probs) and writes only invalid cache slots.
+  """
   model = nnx.merge(graphdef, state)
   b, m = logits.shape[0], mode.max_new_tokens
   first = _select(logits, key, 0, temperature, top_p, mode)
@@ -141,11 +156,19 @@ def _decode_impl(
   def put(buf, col, x):
     return jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, col))
 
-  tokens = put(jnp.full((b, m), mode.pad_id, jnp.int32), 0, first.tokens)
-  slp = put(jnp.zeros((b, m), jnp.float32), 0, first.sample_logp)
-  mlp = put(jnp.zeros((b, m), jnp.float32), 0, first.model_logp)
-  done = _is_stop(first.tokens, stop_tokens)
-  lengths = jnp.ones((b,), jnp.int32)
+  if active is None:
+    first_tok, first_slp, first_mlp = first.tokens, first.sample_logp, first.model_logp
+    done = _is_stop(first_tok, stop_tokens)
+    lengths = jnp.ones((b,), jnp.int32)
+  else:
+    first_tok = jnp.where(active, first.tokens, mode.pad_id)
+    first_slp = jnp.where(active, first.sample_logp, 0.0)
+    first_mlp = jnp.where(active, first.model_logp, 0.0)
+    done = ~active | _is_stop(first_tok, stop_tokens)
+    lengths = active.astype(jnp.int32)
+  tokens = put(jnp.full((b, m), mode.pad_id, jnp.int32), 0, first_tok)
+  slp = put(jnp.zeros((b, m), jnp.float32), 0, first_slp)
+  mlp = put(jnp.zeros((b, m), jnp.float32), 0, first_mlp)
 
   def cond(carry):
     step, *_, done, _ = carry
@@ -166,7 +189,7 @@ def _decode_impl(
     done = done | _is_stop(tok, stop_tokens)
     return step + 1, tokens, slp, mlp, lengths, tok, done, cache
 
-  carry = (jnp.int32(1), tokens, slp, mlp, lengths, first.tokens, done, cache)
+  carry = (jnp.int32(1), tokens, slp, mlp, lengths, first_tok, done, cache)
   _, tokens, slp, mlp, lengths, _, _, cache = jax.lax.while_loop(cond, body, carry)
   return tokens, slp, mlp, lengths, cache
 
@@ -331,8 +354,49 @@ class Sampler:
     n,
     stop_tokens,
     pad_id,
+    cache_size: int | None = None,
   ) -> tuple[PreparedPrompts, _Mode]:
-    """Validates everything on the host (before any compilation) and pads the prompts."""
+    """Validates everything on the host (before any compilation) and pads the prompts.
+
+    `cache_size`: overrides the sampler's own (a `Conversation` holds a larger cache).
+    """
+    cache_size = self.cache_size if cache_size is None else cache_size
+    self._check_args(
+      key=key,
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      n=n,
+      stop_tokens=stop_tokens,
+      pad_id=pad_id,
+    )
+    prepared = prepare_prompts(
+      prompts,
+      prompt_lengths,
+      vocab_size=self.cfg.vocab_size,
+      pad_id=pad_id,
+      n=n,
+      max_new_tokens=max_new_tokens,
+      cache_size=cache_size,
+      bucket=self.prompt_bucket,
+    )
+    check_positions(prepared.lengths, max_new_tokens, self.cfg.max_position_embeddings)
+    mode = self._mode(
+      n=n,
+      max_new_tokens=max_new_tokens,
+      cache_size=cache_size or prepared.tokens.shape[1] + max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      pad_id=pad_id,
+    )
+    return prepared, mode
+
+  def _check_args(
+    self, *, key, max_new_tokens, temperature, top_k, top_p, n, stop_tokens, pad_id
+  ) -> None:
+    """The sampling arguments' checks (everything but the prompts), errors naming the argument."""
     vocab = self.cfg.vocab_size
     check_key(key)
     check_int("max_new_tokens", max_new_tokens, low=1)
@@ -356,31 +420,22 @@ class Sampler:
     stop = list(np.asarray(stop_tokens).reshape(-1).tolist())
     if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < vocab for s in stop):
       raise ValueError(f"`stop_tokens` must be token ids in [0, {vocab}), got {stop}.")
-    prepared = prepare_prompts(
-      prompts,
-      prompt_lengths,
-      vocab_size=vocab,
-      pad_id=pad_id,
-      n=n,
-      max_new_tokens=max_new_tokens,
-      cache_size=self.cache_size,
-      bucket=self.prompt_bucket,
-    )
-    check_positions(prepared.lengths, max_new_tokens, self.cfg.max_position_embeddings)
+
+  def _mode(self, *, n, max_new_tokens, cache_size, temperature, top_k, top_p, pad_id) -> _Mode:
+    """The static sampling mode of checked arguments."""
     greedy = temperature == 0
-    mode = _Mode(
+    return _Mode(
       n=n,
       max_new_tokens=max_new_tokens,
-      cache_size=self.cache_size or prepared.tokens.shape[1] + max_new_tokens,
+      cache_size=cache_size,
       greedy=greedy,
       unit_temperature=not greedy and temperature == 1,
       # top_k >= V and top_p == 1 filter nothing: the cheaper graph samples the same distribution.
-      top_k=None if greedy or top_k is None or top_k >= vocab else top_k,
+      top_k=None if greedy or top_k is None or top_k >= self.cfg.vocab_size else top_k,
       use_top_p=not greedy and top_p is not None and top_p < 1.0,
       pad_id=pad_id,
       cache_dtype=self.cache_dtype,
     )
-    return prepared, mode
 
 
 def sample(

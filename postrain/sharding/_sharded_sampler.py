@@ -132,6 +132,21 @@ class ShardedSampler:
   def state(self) -> nnx.State:
     return self._sampler.state
 
+  def jit_in_mesh(self, name: str, fn: Any, **jit_kwargs: Any) -> Any:
+    """`jax.jit(fn, **jit_kwargs)`, cached on this sampler under `name`, called (and so traced)
+    inside `activation_sharding` of its mesh. No explicit in/out shardings: those of the inputs
+    propagate (the state by the parameter rules, a KV cache as the prefill placed it). Used by
+    `sampling.Conversation` for its observation append and decode loop."""
+    if name not in self._jits:
+      self._jits[name] = jax.jit(fn, **jit_kwargs)
+    jitted = self._jits[name]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+      with activation_sharding(self.mesh, self._logical):
+        return jitted(*args, **kwargs)
+
+    return call
+
   def _rows(self, rows: int) -> NamedSharding:
     b = batch_sharding(self.mesh, self._logical)
     ways = math.prod(self.mesh.shape[a] for a in _mesh_axes(b.spec[0] if b.spec else None))
