@@ -17,9 +17,9 @@ plain ones), `max_turns`, `max_total_tokens` (tokens after the prompt; 0: only t
 `rl.cache_size` bounds it), `tool_timeout_s`. Each turn generates at most `rl.max_new_tokens`
 (`eval.max_new_tokens` in evaluation).
 
-One process only: the conversation runs on a plain `sampling.Sampler` of the model (the sharded
-sampler's multi-process row split does not cover conversations yet); the trainer refuses a
-multi-process run with an environment (NotImplementedError naming config.env.name).
+One process only: the conversation runs on the trainer's sharded sampler, whose multi-process row
+split does not cover conversations yet; the trainer refuses a multi-process run with an
+environment (NotImplementedError naming config.env.name).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import ml_collections as mlc
-from flax import nnx
 
 from postrain import envs, sampling
 
@@ -83,16 +82,13 @@ def validate_env(c: mlc.ConfigDict, need: Any) -> None:
 
 
 class EnvRollouts:
-  """Multi-turn rollouts of `config.env` with a plain `sampling.Sampler` of the model."""
+  """Multi-turn rollouts of `config.env` with the run's sampler (a `sampling.Sampler` or, in a
+  one-process run, the trainer's `sharding.ShardedSampler`); the caller keeps its parameters
+  current (`sampler.update`)."""
 
-  def __init__(self, config: mlc.ConfigDict, data: Any, model: nnx.Module):
-    self.config, self.data = config, data
-    self.sampler = sampling.Sampler(model, cache_size=config.rl.cache_size)
+  def __init__(self, config: mlc.ConfigDict, data: Any, sampler: Any):
+    self.config, self.data, self.sampler = config, data, sampler
     self.cache_size = int(config.rl.cache_size)
-
-  def update(self, model: nnx.Module) -> None:
-    """The new parameters (after an optimiser step)."""
-    self.sampler.update(model)
 
   def generate(
     self,

@@ -119,15 +119,14 @@ def rl_step(
   # multi-turn episodes, `_env_stage.py`; `texts` are then the final turns the verifier scores).
   model = nnx.merge(parts.graphdef, state.params, parts.rest)
   key = jax.random.fold_in(state.rng, state.step)
+  parts.sampler.update(model)
   episodes = None
   if parts.env is not None:
-    parts.env.update(model)
     out, texts, sample_s, episodes = parts.env.generate(
       problems, key=key, n=g, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
       top_k=rl.top_k, top_p=rl.top_p,
     )  # fmt: skip
   else:
-    parts.sampler.update(model)
     out, texts, sample_s = _rollout.generate_groups(
       parts.sampler, data, prompts, rl, key=key, n=n,
       prompt_offset=offset if mesh.multi_process else None,

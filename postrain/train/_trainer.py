@@ -124,7 +124,7 @@ class Trainer:
           "(the sharded sampler's per-process row split does not cover conversations yet); "
           "run with one process or set config.env.name='none'."
         )
-      self.env = _env_stage.EnvRollouts(config, self.data, model)
+      self.env = _env_stage.EnvRollouts(config, self.data, self.sampler)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),
@@ -387,10 +387,7 @@ class Trainer:
 
   def evaluate(self) -> dict[str, float]:
     cfg = self.config
-    model = nnx.merge(self.graphdef, self.params, self.rest)
-    self.sampler.update(model)
-    if self.env is not None:
-      self.env.update(model)
+    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))  # also config.env's
     key = jax.random.fold_in(jax.random.fold_in(self.state.rng, 2**30), self.step)
     return _rollout.evaluate(
       self.sampler,

@@ -85,7 +85,8 @@ def _rollouts(model, name="test_observe", max_turns=4, cache_size=96):
     instruction="",
     encode_prompt=lambda text: [BOS, *TinyTokenizer().encode(text)],
   )
-  return _env_stage.EnvRollouts(config, data, model), config
+  sampler = sampling.Sampler(model, cache_size=cache_size)
+  return _env_stage.EnvRollouts(config, data, sampler), config
 
 
 def test_conversation_masks_observations_and_logprobs():
