@@ -48,6 +48,12 @@ class Env:
     from-scratch tokenizer is trained on so that they encode without unknown pieces."""
     return []
 
+  def demonstration(self, problem: Any) -> list[dict[str, Any]] | None:
+    """An SFT demonstration of an episode on `problem` after `reset`: the assistant and tool
+    messages that follow the prompt (`Format.render_turns` renders them), or None."""
+    del problem
+    return None
+
 
 def question_of(problem: Any) -> str:
   """The question text of a `tasks.Problem` (its `question`) or a string."""
@@ -149,6 +155,26 @@ class ToolEnv(Env):
         )
       args = {required[0]: args}
     return run_tool(tool, args, timeout_s=self.timeout_s)
+
+  def demonstration(self, problem: Any) -> list[dict[str, Any]] | None:
+    """With a `calculator` tool and a problem whose metadata holds its `expression` (reasoning-gym
+    chain_sum / basic_arithmetic): one call on the expression, its real result, then the answer
+    line `answer: <result>`. None otherwise."""
+    meta = getattr(problem, "metadata", None) or {}
+    expression = meta.get("expression")
+    if "calculator" not in self.tools or not isinstance(expression, str):
+      return None
+    expression = expression.strip().rstrip("=").strip()
+    result = run_tool(
+      self.tools["calculator"], {"expression": expression}, timeout_s=self.timeout_s
+    )
+    if result.error:
+      return None
+    return [
+      {"role": "assistant", "content": self.format.render_call("calculator", {"expression": expression})},
+      {"role": "tool", "name": "calculator", "content": result.text, "error": None},
+      {"role": "assistant", "content": f"answer: {result.text}"},
+    ]  # fmt: skip
 
   def episode_stats(self) -> dict[str, Any]:
     st = dict(self._stats)

@@ -340,6 +340,7 @@ class Trainer:
       terse_frac=cfg.sft.terse_fraction,
       row_offset=mine.start,
       total_rows=len(problems),
+      tool_frac=cfg.sft.tool_fraction,
     )
     batch = self.mesh.from_local(host, len(problems))
     start = time.perf_counter()

@@ -95,6 +95,9 @@ def base_config() -> mlc.ConfigDict:
   # Share of the training problems demonstrated by the answer line alone, without the working
   # (a mixed-quality SFT corpus; RL then has a better behaviour to select). 0 for none.
   c.sft.terse_fraction = 0.0
+  # With config.env: share of the training problems demonstrated by a tool-use episode of the
+  # environment (`Env.demonstration`; the tool results are context, not loss). 0 for none.
+  c.sft.tool_fraction = 0.0
 
   c.rl = mlc.ConfigDict()
   c.rl.algorithm = "gspo"  # a name of train.algorithms.REGISTRY, or "package.module:function"
@@ -277,6 +280,12 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
   need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")
+  need(0.0 <= c.sft.tool_fraction <= 1.0, "sft.tool_fraction", "must be in [0, 1]")
+  need(
+    c.sft.tool_fraction == 0 or c.env.name != "none",
+    "sft.tool_fraction",
+    "needs an environment (config.env.name) to demonstrate",
+  )
   algorithms.validate(c, need)  # the name, the advantage estimator, the algorithm's own checks
   need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
   need(

@@ -272,3 +272,29 @@ def test_sigkill_then_resume_equals_uninterrupted_with_an_env(tmp_path):
   assert last.keys() == ref_last.keys()
   for key, value in ref_last.items():
     np.testing.assert_allclose(last[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+
+
+def test_sft_tool_demonstrations_mask_the_tool_result(tmp_path):
+  from postrain.train import _data
+
+  config = load_config()
+  config.env.name, config.sft.tool_fraction = "calculator", 1.0
+  data = _data.load_task_data(config, str(tmp_path))
+  problems = data.train[:6]
+  batch = _data.sft_batch(data, problems, 160, terse_frac=0.5, tool_frac=1.0)
+  tok = data.tokenizer
+  for i, p in enumerate(problems):
+    ids, mask, valid = batch["tokens"][i], batch["loss_mask"][i], batch["valid"][i]
+    prompt = data.encode_prompt(data.prompt(p))
+    assert ids[: len(prompt)].tolist() == prompt and "tools: calculator" in data.prompt(p)
+    n = int(valid.sum())
+    model = [t for t, m in zip(ids[:n], mask[:n]) if m]
+    context = [t for t, m in zip(ids[len(prompt) : n], mask[len(prompt) : n]) if not m]
+    expression = p.metadata["expression"].strip()
+    assert tok.decode(model) == f"\ncall: calculator({expression})answer: {p.answer}"
+    assert model.count(tok.eos_id) == 2  # each model turn ends with the stop token
+    assert tok.decode(context) == f"result: {p.answer}\n"
+  # tool_fraction 0: the plain answers, with the environment's prompt
+  plain = _data.sft_batch(data, problems, 160, tool_frac=0.0)
+  assert plain["loss_mask"][0][len(data.encode_prompt(data.prompt(problems[0]))) :].sum() > 0
+  assert "call:" not in tok.decode(plain["tokens"][0][plain["loss_mask"][0] > 0].tolist())
