@@ -32,23 +32,23 @@ def get_config(arg: str | None = None):
     c.env.name = "calculator"  # plain prompts: the compact format
     c.env.max_turns = 3
     c.sft.tool_fraction = 0.5
-  c.sft.steps = 300
+  c.sft.steps = 200
   c.sft.terse_fraction = 0.5
-  c.sft.batch_size = 64
+  c.sft.batch_size = 32
   c.sft.lr = 3e-3
-  c.sft.max_len = 192
+  c.sft.max_len = 160
 
   base.set_algorithm(c, "gspo")
-  c.rl.steps = 30
+  c.rl.steps = 20
   c.rl.prompts_per_step = 8
   c.rl.group_size = 8
   c.rl.updates_per_batch = 2
   c.rl.lr = 1e-4
   c.rl.max_new_tokens = 100
-  c.rl.cache_size = 352
+  c.rl.cache_size = 320
 
   c.eval.every = 10
-  c.eval.num_problems = 100
+  c.eval.num_problems = 64
   c.eval.k = 4
   c.eval.max_new_tokens = 100
   c.checkpoint.every = 50
