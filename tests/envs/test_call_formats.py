@@ -89,3 +89,23 @@ def test_system_prompts_list_the_tools():
   assert hermes.startswith("Be brief.\n\n# Tools")
   specs = hermes.split("<tools>\n")[1].split("\n</tools>")[0].splitlines()
   assert [json.loads(s)["function"]["name"] for s in specs] == ["calculator", "python"]
+
+
+def test_hermes_turns_tokenize_in_pieces_with_smollm2_special_tokens():
+  """Prompt, turn (+ its stop token) and observation encoded apart decode to the conversation:
+  the chat markers are single special tokens of the real SmolLM2 tokenizer."""
+  from postrain import models
+
+  try:
+    path = models.smollm2_gguf_path()
+  except (FileNotFoundError, ImportError) as err:
+    pytest.skip(f"SmolLM2 GGUF not installed ({err})")
+  tok = tokenizers.from_gguf(path)
+  env = envs.make_env("calculator", format="hermes")
+  prompt = tokenizers.apply_chat_template(env.reset("What is 2 + 3?"), "smollm2")
+  turn = env.format.render_call("calculator", {"expression": "2 + 3"})
+  obs, _, _ = env.step(turn)
+  ids = tok.encode(prompt) + tok.encode(turn) + [tok.eos_id] + tok.encode(obs)
+  assert tok.decode(ids) == prompt + turn + env.format.end_of_turn + obs
+  assert tok.encode("<|im_end|>") == [tok.eos_id]
+  assert env.format.parse(tok.decode(tok.encode(turn))) == env.format.parse(turn)
