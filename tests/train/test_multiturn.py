@@ -271,7 +271,10 @@ def test_sigkill_then_resume_equals_uninterrupted_with_an_env(tmp_path):
   assert final == ref_final
   assert last.keys() == ref_last.keys()
   for key, value in ref_last.items():
-    np.testing.assert_allclose(last[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+    if isinstance(value, float):  # XLA:CPU reductions may differ in the last bits (test_resume)
+      np.testing.assert_allclose(last[key], value, rtol=1e-5, atol=1e-9, err_msg=key)
+    else:
+      assert last[key] == value, key
 
 
 def test_sft_tool_demonstrations_mask_the_tool_result(tmp_path):
