@@ -103,6 +103,7 @@ def run_episodes(
   stop_tokens: Sequence[int],
   temperature: float = 1.0,
   top_p: float | None = None,
+  top_k: int | None = None,
 ) -> tuple[Any, EpisodeStats]:
   """Runs one episode per row (see the module docstring); returns `(conversation.result(),
   EpisodeStats)`. `decode` receives a turn's token ids without its stop token."""
@@ -123,6 +124,8 @@ def run_episodes(
   active = np.ones(b, bool)
   env_seconds = 0.0
   kw = dict(temperature=temperature, top_p=top_p, stop_tokens=tuple(stop_tokens))
+  if top_k:
+    kw["top_k"] = top_k
   budget = min(max_new_tokens, max_total_tokens)
   turn = conversation.start(
     [list(p) for p in prompts], key=jax.random.fold_in(key, 0), max_new_tokens=budget, **kw

@@ -103,7 +103,6 @@ class EnvRollouts:
   ) -> tuple[sampling.SampleOutput, list[str], float, envs.EpisodeStats]:
     """`n` episodes per problem (problem p's in rows [p n, (p + 1) n)); returns (SampleOutput
     [B, rl.cache_size], the final model turn of each row, seconds, EpisodeStats)."""
-    del top_k  # the conversation samples with temperature and top_p
     start = time.perf_counter()
     rows = [make_env(self.config) for _ in range(len(problems) * n)]
     prompts = []
@@ -124,6 +123,6 @@ class EnvRollouts:
       max_new_tokens=max_new_tokens, max_turns=e.max_turns,
       max_total_tokens=e.max_total_tokens or self.cache_size,
       stop_tokens=(tok.eos_id,), temperature=temperature,
-      top_p=None if top_p >= 1.0 else top_p,
+      top_p=None if top_p >= 1.0 else top_p, top_k=top_k or None,
     )  # fmt: skip
     return out, stats.final_texts, time.perf_counter() - start, stats
