@@ -21,8 +21,9 @@ either appends the observation's tokens or ends the row. A row ends when
     after the prompt (generated + observation tokens); counted as truncated;
   * the conversation's cache (`conversation.remaining` free slots, when it has that attribute)
     cannot hold the observations and one more token; every continuing row ends, truncated.
-Each turn generates at most `min(max_new_tokens, the largest remaining budget of its rows)`
-tokens, so a row with less budget than that may exceed it by the rest of its last turn (then it
+Each turn generates at most `min(max_new_tokens, the largest remaining budget of its rows, the
+free cache slots)` tokens, rounded down to a power of two when below `max_new_tokens` (the decode
+loop compiles once per length), so a row with less budget than that may exceed it by the rest of its last turn (then it
 ends, truncated); the sampler's cache size is the hard limit.
 """
 
@@ -166,6 +167,8 @@ def run_episodes(
         truncated[live], active[live] = True, False
         context[live] -= [len(observations[r]) for r in live]
         break
+    if limit < max_new_tokens:  # a power of two: few distinct decode-loop compilations
+      limit = 1 << (limit.bit_length() - 1)
     turn = conversation.extend(
       observations, key=jax.random.fold_in(key, t), max_new_tokens=limit, **kw
     )

@@ -129,6 +129,6 @@ def test_a_full_cache_ends_the_continuing_rows():
   _, stats, _, _, conv, _ = _run(SCRIPTS[1:2], cache_size=prompt_len + 30 + 10)
   assert [c[0] for c in conv.calls] == ["start"]
   assert stats.truncated.tolist() == [True] and stats.context_tokens.tolist() == [0]
-  # with room for 5 new tokens, the second turn is capped at 5
+  # with room for 5 new tokens, the second turn is capped at 4 (a power of two)
   _, stats, _, _, conv, _ = _run(SCRIPTS[1:2], cache_size=prompt_len + 30 + 15 + 5)
-  assert [c[2] for c in conv.calls] == [64, 5]
+  assert [c[2] for c in conv.calls] == [64, 4]
