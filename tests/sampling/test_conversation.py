@@ -254,3 +254,36 @@ def test_budget_and_input_errors(sampler):
     sampling.Conversation(object(), cache_size=40)
   with pytest.raises(ValueError, match="cache_size"):
     sampling.Conversation(sampler, cache_size=1)
+
+
+def test_observation_lengths_in_one_bucket_share_one_compilation(model, monkeypatch):
+  """The append compiles once per chunk width bucket (obs_bucket=16: chunks of 2..16 tokens share
+  it), and the decode loop once for all turns of one sampling mode."""
+  traces = {"extend": 0, "decode": 0}
+
+  def counted(name, fn):
+    def wrapped(*args, **kwargs):
+      traces[name] += 1
+      return fn(*args, **kwargs)
+
+    return wrapped
+
+  monkeypatch.setattr(
+    _conversation,
+    "_extend",
+    jax.jit(
+      counted("extend", _conversation._extend_impl), static_argnums=(0,), donate_argnums=(2,)
+    ),
+  )
+  monkeypatch.setattr(
+    _conversation,
+    "_decode",
+    sampling._sampler.jit_decode(counted("decode", sampling._sampler._decode_impl)),
+  )
+  conv = sampling.Conversation(sampling.Sampler(model), cache_size=CACHE, pad_id=PAD)
+  conv.start(PROMPTS, key=jax.random.key(0), max_new_tokens=4)
+  for i, n in enumerate([1, 9, 15]):
+    conv.extend([[7] * n, [8], None, [9] * (n // 2)], key=jax.random.key(i + 1), max_new_tokens=4)
+  assert traces == {"extend": 1, "decode": 1}
+  conv.extend([[7] * 16, [8], None, [9]], key=jax.random.key(9), max_new_tokens=4)  # width 32
+  assert traces == {"extend": 2, "decode": 1}
