@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
   "tokenizers>=0.23.3",
   # Verifiable tasks (tasks/).
   "reasoning-gym>=0.1.25",
+  # Tool-call argument validation (envs/).
+  "jsonschema>=4.26.0",
   # Metrics: TensorBoard files without TensorFlow, progress bars, plots.
   "tensorboardX>=2.6.5",
   "tqdm>=4.67",

@@ -32,8 +32,14 @@ class TaskData:
   extract: str = "marked"  # config.task.extract: the answer extraction mode
   extract_max_chars: int = tasks.MAX_EXTRACT_CHARS
   format_reward: float = 0.0  # config.task.format_reward (training rewards only)
+  # config.env: an environment's prompt of a problem (its system text, then the question), or None
+  env_prompt: Any = None
+  # config.env: a fresh environment (`_env_stage.make_env`), or None
+  make_env: Any = None
 
   def prompt(self, problem: tasks.Problem) -> str:
+    if self.env_prompt is not None:
+      return self.env_prompt(problem)
     return tasks.format_prompt(
       problem, chat_template=self.chat_template, instruction=self.instruction
     )
@@ -102,6 +108,17 @@ def load_task_data(
       tokenizers_lib.apply_chat_template, template_name=config.tokenizer.chat_template
     )
   instruction = None if cfg.instruction == "default" else cfg.instruction
+  env_prompt = make_env = None
+  if config.env.name != "none":
+    from postrain import envs
+    from postrain.train import _env_stage
+
+    def env_prompt(problem: tasks.Problem) -> str:
+      messages = _env_stage.make_env(config).reset(problem)
+      return envs.prompt_text(messages, chat_template=chat_template, instruction=instruction)
+
+    make_env = functools.partial(_env_stage.make_env, config)
+
   return TaskData(
     task=task,
     train=train,
@@ -112,6 +129,8 @@ def load_task_data(
     extract=cfg.extract,
     extract_max_chars=int(cfg.extract_max_chars),
     format_reward=float(cfg.format_reward),
+    env_prompt=env_prompt,
+    make_env=make_env,
   )
 
 
@@ -140,6 +159,10 @@ def _load_tokenizer(config: mlc.ConfigDict, workdir: str, train: list[tasks.Prob
     *tasks.task_corpus(train),
     PLAIN_TEMPLATE.format(trace=" ".join(placeholders), prompt=""),
   ]
+  if config.env.name != "none":  # what the environment writes: tool descriptions, results
+    from postrain.train import _env_stage
+
+    texts += _env_stage.make_env(config).corpus()
   symbols = ("\n", *placeholders)
   path = tok.path or tasks.train_tokenizer(
     texts,
@@ -160,6 +183,7 @@ def sft_batch(
   terse_frac: float = 0.0,
   row_offset: int = 0,
   total_rows: int | None = None,
+  tool_frac: float = 0.0,
 ) -> dict[str, np.ndarray]:
   """Right-padded `prompt + reference solution + eos` sequences with a loss mask on the solution.
 
@@ -170,6 +194,11 @@ def sft_batch(
   alone, without the working (`tasks.sft_example(worked=False)`). A process that builds only its rows
   of a batch of `total_rows` passes their global index `row_offset`: the curriculum rows are the
   first of the whole batch.
+
+  With an environment (config.env) every prompt is the environment's, and a fixed `tool_frac`
+  share of the problems (a hash of the id, independent of the terse share) is demonstrated by
+  the environment's tool-use episode (`Env.demonstration`): the model's turns, each ending with
+  the stop token, carry the loss; the tool results between them are context (mask 0).
 
   Returns tokens i32[B, max_len], valid bool[B, max_len], loss_mask f32[B, max_len].
   """
@@ -202,13 +231,53 @@ def sft_batch(
         f"problem {problem.id} of task {problem.task!r} has no reference solution for SFT"
       )
     prompt, target = example
+    if data.env_prompt is not None and chain is None:
+      prompt = data.prompt(problem)
     p_ids = data.encode_prompt(prompt)
-    t_ids = [*tok.encode(target), tok.eos_id]
-    ids = (p_ids + t_ids)[:max_len]
+    segments = [([*tok.encode(target), tok.eos_id], 1.0)]
+    if data.make_env is not None and chain is None and is_tool_demo(problem, tool_frac):
+      segments = tool_demo_segments(data, problem, newline=data.chat_template is None) or segments
+    ids, weights = list(p_ids), [0.0] * len(p_ids)
+    for seg, weight in segments:
+      ids += seg
+      weights += [weight] * len(seg)
+    ids, weights = ids[:max_len], weights[:max_len]
     tokens[i, : len(ids)] = ids
     valid[i, : len(ids)] = True
-    loss_mask[i, len(p_ids) : len(ids)] = 1.0
+    loss_mask[i, : len(ids)] = weights
   return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+
+
+def is_tool_demo(problem: tasks.Problem, tool_frac: float) -> bool:
+  """Whether `problem` belongs to the fixed `tool_frac` share demonstrated with a tool call."""
+  return zlib.crc32(f"tool:{problem.id}".encode()) < tool_frac * 2**32
+
+
+def tool_demo_segments(
+  data: TaskData, problem: tasks.Problem, *, newline: bool
+) -> list[tuple[list[int], float]] | None:
+  """The token segments (ids, loss weight) of the environment's demonstration on `problem`:
+  model turns (+ the stop token) weight 1, tool observations weight 0; None without one.
+  `newline`: the plain prompt format's targets start on a new line."""
+  env = data.make_env()
+  env.reset(problem)
+  messages = env.demonstration(problem)
+  if not messages:
+    return None
+  from postrain import envs
+
+  tok, fmt = data.tokenizer, env.format
+  segments, pending = [], []
+  for j, m in enumerate(messages):
+    if m["role"] == "tool":
+      pending.append(envs.ToolResult(m.get("name", ""), m["content"], m.get("error")))
+      continue
+    if pending:
+      segments.append((tok.encode(fmt.observation(pending)), 0.0))
+      pending = []
+    text = ("\n" if newline and j == 0 else "") + m["content"]
+    segments.append(([*tok.encode(text), tok.eos_id], 1.0))
+  return segments
 
 
 def is_terse(problem: tasks.Problem, terse_frac: float) -> bool:
@@ -271,7 +340,8 @@ def check_task_data(config: mlc.ConfigDict, data: TaskData) -> dict[str, int]:
       )
       if example is None:
         continue
-      length = len(data.encode_prompt(example[0])) + len(data.tokenizer.encode(example[1]))
+      prompt = data.prompt(problem) if data.env_prompt is not None else example[0]
+      length = len(data.encode_prompt(prompt)) + len(data.tokenizer.encode(example[1]))
       if length + 1 > config.sft.max_len:  # + the stop token
         stats["sft_examples_truncated"] += 1
       worst = max(worst, (length, problem), key=lambda x: x[0])

@@ -59,6 +59,7 @@ class RLStepParts:
   logprobs     jitted `(params, tokens, mask, valid) -> f32[B, T]`
   num_rl_steps the RL phase's length (temporal window progress, ConSPO margin schedule)
   foreign      the F-TIS stage or None
+  env          the multi-turn rollout stage (`_env_stage.EnvRollouts`, config.env) or None
   """
 
   config: mlc.ConfigDict
@@ -83,6 +84,8 @@ class RLStepParts:
     if self.sampling_model is not None:
       return self.sampling_model(params)
     return nnx.merge(self.graphdef, params, self.rest)
+
+  env: Any = None
 
 
 def rl_step(
@@ -125,13 +128,22 @@ def rl_step(
     )
     n, offset = g // 2, 2 * mine.start
 
-  # 2. Sample: G responses per prompt with the current parameters.
-  parts.sampler.update(parts.policy_model(state.params))
+  # 2. Sample: G responses per prompt with the current parameters (with an environment: G
+  # multi-turn episodes, `_env_stage.py`; `texts` are then the final turns the verifier scores).
+  model = parts.policy_model(state.params)
   key = jax.random.fold_in(state.rng, state.step)
-  out, texts, sample_s = _rollout.generate_groups(
-    parts.sampler, data, prompts, rl, key=key, n=n,
-    prompt_offset=offset if mesh.multi_process else None,
-  )  # fmt: skip
+  parts.sampler.update(model)
+  episodes = None
+  if parts.env is not None:
+    out, texts, sample_s, episodes = parts.env.generate(
+      problems, key=key, n=g, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+      top_k=rl.top_k, top_p=rl.top_p,
+    )  # fmt: skip
+  else:
+    out, texts, sample_s = _rollout.generate_groups(
+      parts.sampler, data, prompts, rl, key=key, n=n,
+      prompt_offset=offset if mesh.multi_process else None,
+    )  # fmt: skip
 
   # 3. Score and 4. advantages (SCRL: subproblem rewards and span advantages).
   if chains is not None:
@@ -141,6 +153,9 @@ def rl_step(
     )  # fmt: skip
   else:
     rewards, vstats = _rollout.score(data, problems, texts, g, timeout_s)
+    verified = rewards
+    if episodes is not None:  # + the environment's per-turn rewards (shaping)
+      rewards = rewards + episodes.shaping
     everyone = mesh.gather_rows(
       {"rewards": rewards.astype(np.float32), "lengths": np.asarray(out.lengths, np.int32)},
       num_rows,
@@ -181,6 +196,8 @@ def rl_step(
 
   metrics.update(_rollout.rollout_metrics(mesh, out, vstats, rewards, lengths, sample_s, update_s))
   metrics.update(smepo_metrics)
+  if episodes is not None:  # one process (the trainer refuses several with an environment)
+    metrics.update(episodes.metrics(), accuracy=float(np.mean(verified > 0.5)))
   return state, metrics
 
 

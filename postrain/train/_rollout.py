@@ -147,6 +147,7 @@ def evaluate(
   batch_size: int = EVAL_BATCH_SIZE,
   mesh: Any = None,
   record: Callable[[list[tasks.Problem]], None] | None = None,
+  env: Any = None,
 ) -> dict[str, float]:
   """Held-out pass@1 (greedy and sampled at temperature 1), unbiased pass@k from k samples, and
   the mean response lengths (tokens) of both.
@@ -156,6 +157,10 @@ def evaluate(
   per-problem results are all-gathered; the batches, their keys and the global rows the sampler
   draws are those of one process, so the metrics are too. `record` receives the problems this
   process evaluated.
+
+  `env` (config.env, an `_env_stage.EnvRollouts`): every sample is a multi-turn episode, scored
+  on its final turn; the metrics add the greedy episodes' `tool_calls_per_episode_greedy`,
+  `tool_error_rate_greedy` and `tool_use_greedy` (share of episodes with a successful call).
   """
   multi = mesh is not None and mesh.multi_process
   batches, mine = [], []
@@ -167,11 +172,23 @@ def evaluate(
       share = mesh.process_share(len(chunk))
       chunk, offset = chunk[share], share.start
     mine.extend(chunk)
-    prompts = data.encode_prompts(chunk)
-    kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
-    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)
+    if env is not None:
+      kw = dict(max_new_tokens=max_new_tokens, key=k_sample)
+      out, texts, _, stats = env.generate(chunk, n=1, temperature=0.0, **kw)
+      ok_calls = stats.tool_calls - stats.tool_errors
+      tool = {"calls": stats.tool_calls, "errors": stats.tool_errors, "used": ok_calls > 0}
+      greedy = (out, texts)
+      sampled = env.generate(chunk, n=k, temperature=1.0, **kw)[:2]
+    else:
+      prompts = data.encode_prompts(chunk)
+      kw = dict(max_new_tokens=max_new_tokens, prompt_offset=offset)
+      greedy = generate(sampler, data, prompts, key=k_sample, n=1, temperature=0.0, **kw)[:2]
+      sampled = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)[:2]
+    out, texts = greedy
     rows = {"greedy": _accuracy(data, chunk, texts, 1, timeout_s), "greedy_len": out.lengths}
-    out, texts, _ = generate(sampler, data, prompts, key=k_sample, n=k, temperature=1.0, **kw)
+    if env is not None:
+      rows.update({f"tool_{name}": x for name, x in tool.items()})
+    out, texts = sampled
     rows["sampled"] = _accuracy(data, chunk, texts, k, timeout_s).reshape(len(chunk), k)
     rows["sampled_len"] = np.asarray(out.lengths).reshape(len(chunk), k)
     rows = {name: np.asarray(x) for name, x in rows.items()}
@@ -185,10 +202,18 @@ def evaluate(
     for name in ("greedy", "sampled", "greedy_len", "sampled_len")
   )
   correct = (sampled_r > 0.5).sum(-1)
-  return {
+  metrics = {
     "pass1_greedy": float(np.mean(greedy_r > 0.5)),
     "pass1_sampled": float(np.mean(sampled_r > 0.5)),
     f"pass{k}": float(np.mean(tasks.pass_at_k(np.full_like(correct, k), correct, k))),
     "response_len_greedy": float(np.mean(greedy_len)),
     "response_len_sampled": float(np.mean(sampled_len)),
   }
+  if env is not None:
+    calls, errors, used = (
+      np.concatenate([r[f"tool_{name}"] for r in batches]) for name in ("calls", "errors", "used")
+    )
+    metrics["tool_calls_per_episode_greedy"] = float(np.mean(calls))
+    metrics["tool_error_rate_greedy"] = float(errors.sum()) / max(int(calls.sum()), 1)
+    metrics["tool_use_greedy"] = float(np.mean(used))
+  return metrics

@@ -31,6 +31,7 @@ from postrain.train import (
   _checkpoint,
   _data,
   _distill,
+  _env_stage,
   _ftis,
   _memory,
   _mesh_context,
@@ -136,6 +137,16 @@ class Trainer:
         lambda lo, fr: nnx.state(models.merge_lora(nnx.merge(graphdef, lo, fr)))
       )
     self.sampler = mesh.sampler(self.sampling_model(params), cache_size=config.rl.cache_size)
+    # config.env: multi-turn, tool-using rollouts (`_env_stage.py`), one process only.
+    self.env = None
+    if _env_stage.enabled(config):
+      if mesh.multi_process:
+        raise NotImplementedError(
+          f"config.env.name={config.env.name!r}: multi-turn rollouts run in one process only "
+          "(the sharded sampler's per-process row split does not cover conversations yet); "
+          "run with one process or set config.env.name='none'."
+        )
+      self.env = _env_stage.EnvRollouts(config, self.data, self.sampler)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),
@@ -270,6 +281,7 @@ class Trainer:
       foreign=self.ftis,
       sampling_model=self.sampling_model,
       base_logprobs=self.base_logprobs,
+      env=self.env,
     )
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
 
@@ -410,6 +422,7 @@ class Trainer:
       terse_frac=cfg.sft.terse_fraction,
       row_offset=mine.start,
       total_rows=len(problems),
+      tool_frac=cfg.sft.tool_fraction,
     )
     batch = self.mesh.from_local(host, len(problems))
     start = time.perf_counter()
@@ -457,7 +470,7 @@ class Trainer:
 
   def evaluate(self) -> dict[str, float]:
     cfg = self.config
-    self.sampler.update(self.sampling_model(self.params))
+    self.sampler.update(self.sampling_model(self.params))  # also config.env's
     key = jax.random.fold_in(jax.random.fold_in(self.state.rng, 2**30), self.step)
     return _rollout.evaluate(
       self.sampler,
@@ -469,6 +482,7 @@ class Trainer:
       timeout_s=cfg.task.verifier_timeout_s,
       mesh=self.mesh,  # several processes: each evaluates its share of the problems
       record=lambda problems: self._record_problems("eval", problems),
+      env=self.env,  # config.env: multi-turn episodes
     )
 
   # -- the loop --------------------------------------------------------------------------------

@@ -110,6 +110,9 @@ def base_config() -> mlc.ConfigDict:
   # Share of the training problems demonstrated by the answer line alone, without the working
   # (a mixed-quality SFT corpus; RL then has a better behaviour to select). 0 for none.
   c.sft.terse_fraction = 0.0
+  # With config.env: share of the training problems demonstrated by a tool-use episode of the
+  # environment (`Env.demonstration`; the tool results are context, not loss). 0 for none.
+  c.sft.tool_fraction = 0.0
 
   c.rl = mlc.ConfigDict()
   c.rl.algorithm = "gspo"  # a name of train.algorithms.REGISTRY, or "package.module:function"
@@ -172,6 +175,25 @@ def base_config() -> mlc.ConfigDict:
 
   c.teacher = teacher_config()
   c.distill = distill_config()
+
+  # Multi-turn, tool-using rollouts (postrain.envs; postrain/train/_env_stage.py). name: "none"
+  # (single-turn), "calculator", "python", "tools" (the tools `env.tools` names, comma-separated),
+  # a registered environment or "package.module:attr". format: "auto" (chat prompts: "hermes",
+  # plain: "compact"), "hermes" or "compact". max_total_tokens: tokens after the prompt (model and
+  # tool tokens), 0: only rl.cache_size bounds them. The reward is the verifier's on the final
+  # turn plus success_reward / error_reward per successful / failed tool call.
+  c.env = mlc.ConfigDict(
+    dict(
+      name="none",
+      format="auto",
+      tools="",
+      max_turns=4,
+      max_total_tokens=0,
+      tool_timeout_s=5.0,
+      success_reward=0.0,
+      error_reward=0.0,
+    )
+  )
 
   c.eval = mlc.ConfigDict()
   c.eval.every = 50
@@ -274,6 +296,12 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.sft.steps >= 0, "sft.steps", "must be >= 0")
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
   need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")
+  need(0.0 <= c.sft.tool_fraction <= 1.0, "sft.tool_fraction", "must be in [0, 1]")
+  need(
+    c.sft.tool_fraction == 0 or c.env.name != "none",
+    "sft.tool_fraction",
+    "needs an environment (config.env.name) to demonstrate",
+  )
   algorithms.validate(c, need)  # the name, the advantage estimator, the algorithm's own checks
   need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
   need(
@@ -337,6 +365,9 @@ def validate(c: mlc.ConfigDict) -> None:
 
   validate_distill(c, need)
   _validate_sharding(c, need)
+  from postrain.train._env_stage import validate_env
+
+  validate_env(c, need)
 
 
 def _validate_lora(c: mlc.ConfigDict, need: Any) -> None:
