@@ -100,38 +100,40 @@ class Conversation:
 
   def __init__(self, sampler: Sampler, *, cache_size: int, pad_id: int = 0, obs_bucket: int = 16):
     """Args:
-    sampler: a `sampling.Sampler`, or a `sharding.ShardedSampler` in a one-process run (rows and
-      cache sharded as its prefill places them).
+    sampler: a `sampling.Sampler`; one with `shardings` (or a `sharding.ShardedSampler`, whose
+      `.sampler` is used) in a one-process run only (rows and cache sharded as its prefill places
+      them).
     cache_size: KV slots per row for the whole conversation: the bucketed prompt width, every
       turn's `max_new_tokens`, every observation chunk (1 + the longest observation, rounded up
       to `obs_bucket` when it fits), and the gaps left by rows that stop early.
     pad_id: the token id of padding (in `result().tokens` and the prompt padding).
     obs_bucket: observation chunks are padded to a multiple of this width (when it fits).
     """
+    if not isinstance(sampler, Sampler) and isinstance(getattr(sampler, "sampler", None), Sampler):
+      sampler = sampler.sampler  # a `sharding.ShardedSampler`: its (sharded) `Sampler`
+    if not isinstance(sampler, Sampler):
+      raise TypeError(
+        "`sampler` must be a postrain.sampling.Sampler or a sharding.ShardedSampler, got "
+        f"{type(sampler).__name__}."
+      )
     self._decode, self._extend = _decode, _extend
-    if isinstance(getattr(sampler, "_sampler", None), Sampler) and hasattr(sampler, "jit_in_mesh"):
-      # A `sharding.ShardedSampler`: its sharded prefill, and the append / decode loop jitted on
-      # its mesh (the state's and the cache's shardings propagate).
+    if sampler.shardings is not None:
+      # A sharded sampler: its sharded prefill, and the append / decode loop jitted on it (traced
+      # in its activation context; the state's and the cache's shardings propagate).
       if jax.process_count() > 1:
         raise NotImplementedError(
-          "Conversation with a ShardedSampler runs in one process (each process its own "
+          "Conversation with a sharded Sampler runs in one process (each process its own "
           "Conversation over its rows is not built yet)."
         )
-      self._decode = sampler.jit_in_mesh(
+      self._decode = sampler.jit(
         "conversation_decode",
         _decode_impl,
         static_argnums=(0,),
         static_argnames=("mode",),
         donate_argnums=(2,),
       )
-      self._extend = sampler.jit_in_mesh(
+      self._extend = sampler.jit(
         "conversation_extend", _extend_impl, static_argnums=(0,), donate_argnums=(2,)
-      )
-      sampler = sampler._sampler
-    if not isinstance(sampler, Sampler):
-      raise TypeError(
-        "`sampler` must be a postrain.sampling.Sampler or a sharding.ShardedSampler, got "
-        f"{type(sampler).__name__}."
       )
     check_int("cache_size", cache_size, low=2)
     check_int("pad_id", pad_id, low=0, high=sampler.cfg.vocab_size - 1)

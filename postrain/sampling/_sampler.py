@@ -20,6 +20,7 @@ Token choice (`_select.py`) needs one uniform number per row and step, drawn wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import models
+from postrain._device_put import put
 from postrain.sampling._prompts import (
   PreparedPrompts,
   check_int,
@@ -38,6 +40,7 @@ from postrain.sampling._prompts import (
   prepare_prompts,
   stop_array,
 )
+from postrain.sampling._sampler_shardings import SamplerShardings
 from postrain.sampling._select import select_tokens
 
 
@@ -208,8 +211,7 @@ _prefill = jit_prefill()
 _decode = jit_decode()
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens",))
-def _assemble(prompts: PreparedPrompts, tokens, slp, mlp, lengths, *, max_new_tokens):
+def _assemble_impl(prompts: PreparedPrompts, tokens, slp, mlp, lengths, *, max_new_tokens):
   b, tp = prompts.tokens.shape[0], prompts.tokens.shape[1]
   col = jnp.arange(max_new_tokens)[None, :]
   resp_valid = col < lengths[:, None]
@@ -222,6 +224,9 @@ def _assemble(prompts: PreparedPrompts, tokens, slp, mlp, lengths, *, max_new_to
     positions=jnp.concatenate([prompts.positions, prompts.lengths[:, None] + col], axis=1),
     valid=jnp.concatenate([prompts.valid, resp_valid], axis=1),
   )
+
+
+_assemble = jax.jit(_assemble_impl, static_argnames=("max_new_tokens",))
 
 
 class Sampler:
@@ -237,6 +242,13 @@ class Sampler:
   Compiles once per (model structure, prompt bucket, number of prompts, static mode); temperature
   and top_p values are traced, so changing them does not recompile (except to and from the special
   values temperature 0 (greedy) and 1, and top_p 1 (off)).
+
+  With `shardings` (a `SamplerShardings`; `sharding.ShardedSampler` computes them from a mesh and
+  partition rules) the model state is placed by `shardings.state`, and the prefill, decode loop
+  and output assembly are jitted (per sampler) with explicit in/out shardings: prompts, logits,
+  responses split by `shardings.rows`, the KV cache by `shardings.cache`. The output arrays are
+  then global arrays (under several processes, each process holds the rows of its devices; every
+  process must pass the same prompts).
   """
 
   def __init__(
@@ -246,8 +258,10 @@ class Sampler:
     cache_size: int | None = None,
     prompt_bucket: int | str = "pow2",
     cache_dtype: Any = None,
+    shardings: SamplerShardings | None = None,
   ):
-    """Splits `model` once; the compiled functions are shared by samplers of equal structure.
+    """Splits `model` once; the compiled functions are shared by samplers of equal structure
+    (without `shardings`; with them, each sampler compiles its own).
 
     Args:
       model: a `models.Decoder` (anything with the contract's `__call__`, `logits`, `cfg`).
@@ -256,6 +270,8 @@ class Sampler:
         pads it to a multiple of that int. Prompts of a new length in the same bucket reuse the
         compiled functions.
       cache_dtype: dtype of the cached keys/values; None: the model's activation dtype.
+      shardings: None (arrays where JAX puts them: one device), or where the state, rows and
+        KV cache live (see the class docstring).
     """
     if not (prompt_bucket == "pow2" or (isinstance(prompt_bucket, int) and prompt_bucket >= 1)):
       raise ValueError(f"`prompt_bucket` must be 'pow2' or a positive int, got {prompt_bucket!r}.")
@@ -267,7 +283,15 @@ class Sampler:
     self.cache_size = cache_size
     self.prompt_bucket = prompt_bucket
     self.cache_dtype = jnp.dtype(cache_dtype or self.cfg.dtype).name
+    if shardings is not None and not isinstance(shardings, SamplerShardings):
+      raise TypeError(
+        f"`shardings` must be None or a sampling.SamplerShardings, got {type(shardings).__name__}."
+      )
+    self.shardings = shardings
+    self._jits: dict[Any, Any] = {}
     self.graphdef, self.state = nnx.split(model)
+    if shardings is not None:
+      self.state = put(self.state, shardings.state)
 
   def update(self, model_or_state: nnx.Module | nnx.State) -> None:
     """Replaces the parameters (same structure: no recompilation)."""
@@ -279,7 +303,32 @@ class Sampler:
       state = model_or_state
     if jax.tree.structure(state) != jax.tree.structure(self.state):
       raise ValueError("`model_or_state` has a different state structure than the sampler's model.")
-    self.state = state
+    self.state = state if self.shardings is None else put(state, self.shardings.state)
+
+  def jit(self, name: str, fn: Any, **jit_kwargs: Any) -> Any:
+    """`jax.jit(fn, **jit_kwargs)` compiled for this sampler: cached on it under `name`, traced
+    and called inside `shardings.context` (when given), with no explicit in/out shardings (those
+    of the inputs propagate: the state's, a KV cache's as the prefill placed it). For functions
+    that run beside the sampler's own on its state, e.g. `Conversation`'s observation append."""
+    if name not in self._jits:
+
+      @functools.wraps(fn)
+      def traced(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)  # its own trace: never one taken outside the context
+
+      self._jits[name] = jax.jit(traced, **jit_kwargs)
+    jitted = self._jits[name]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+      with self._context():
+        return jitted(*args, **kwargs)
+
+    return call
+
+  def _context(self):
+    return (
+      contextlib.nullcontext() if self.shardings is None else self.shardings.activation_context()
+    )
 
   def __call__(
     self,
@@ -312,13 +361,15 @@ class Sampler:
     tokens, slp, mlp, lengths, _ = self._run_decode(
       logits, cache, p, mode, key=key, temperature=temperature, top_p=top_p, stop_tokens=stop_tokens
     )
-    arrays = _assemble(p, tokens, slp, mlp, lengths, max_new_tokens=max_new_tokens)
+    arrays = self._run_assemble(p, tokens, slp, mlp, lengths, mode)
     return SampleOutput(
       **arrays, lengths=lengths, prompt_lengths=p.lengths, prompt_len=int(p.tokens.shape[1])
     )
 
   def _run_prefill(self, p: PreparedPrompts, mode: _Mode):
     """The jitted prefill: (logits f32[B, V], cache) (benchmarks time the two phases apart)."""
+    if self.shardings is not None:
+      return self._sharded_prefill(p, mode)
     return _prefill(
       self.graphdef,
       self.state,
@@ -337,9 +388,70 @@ class Sampler:
     temp = jnp.float32(temperature)
     tp = jnp.float32(1.0 if top_p is None else top_p)
     stop = stop_array(stop_tokens)
+    if self.shardings is not None:
+      return self._sharded_decode(logits, cache, p.lengths, stop, key, temp, tp, mode)
     return _decode(
       self.graphdef, self.state, cache, logits, p.lengths, stop, key, temp, tp, mode=mode
     )
+
+  def _run_assemble(self, p: PreparedPrompts, tokens, slp, mlp, lengths, mode: _Mode) -> dict:
+    """The prompt and response columns side by side (the `SampleOutput` arrays but lengths)."""
+    if self.shardings is None:
+      return _assemble(p, tokens, slp, mlp, lengths, max_new_tokens=mode.max_new_tokens)
+    sh = self.shardings
+    rows, rows_p = sh.rows(p.tokens.shape[0]), sh.rows(p.distinct_tokens.shape[0])
+    p_sh = PreparedPrompts(
+      *[rows] * 4, distinct_tokens=rows_p, distinct_valid=rows_p, distinct_positions=rows_p
+    )
+    key = ("assemble", p.tokens.shape[0], p.distinct_tokens.shape[0], mode.max_new_tokens)
+    if key not in self._jits:
+      self._jits[key] = jax.jit(
+        functools.partial(_assemble_impl, max_new_tokens=mode.max_new_tokens),
+        in_shardings=(p_sh, rows, rows, rows, rows),
+        out_shardings=rows,
+      )
+    args = put((p, tokens, slp, mlp, lengths), (p_sh, rows, rows, rows, rows))
+    with self._context():
+      return self._jits[key](*args)
+
+  # -- with shardings: the same functions, jitted per sampler with explicit in/out shardings --
+
+  def _sharded_prefill(self, p: PreparedPrompts, mode: _Mode):
+    sh, rows = self.shardings, p.distinct_tokens.shape[0]
+    rows_p, rows_b = sh.rows(rows), sh.rows(rows * mode.n)
+    key = ("prefill", rows, mode)
+    if key not in self._jits:
+      # jit takes no kwargs with in_shardings: the static arguments are bound.
+      fn = functools.partial(
+        _prefill_impl, n=mode.n, cache_size=mode.cache_size, cache_dtype=mode.cache_dtype
+      )
+      self._jits[key] = jax.jit(
+        fn,
+        static_argnums=(0,),
+        in_shardings=(sh.state, rows_p, rows_p, rows_p),
+        out_shardings=(rows_b, sh.cache(rows * mode.n)),
+      )
+    args = put((p.distinct_tokens, p.distinct_valid, p.distinct_positions), (rows_p,) * 3)
+    with self._context():
+      return self._jits[key](self.graphdef, self.state, *args)
+
+  def _sharded_decode(self, logits, cache, lengths, stop, key, temp, tp, mode: _Mode):
+    sh, rows = self.shardings, logits.shape[0]
+    rep, rows_b, cache_sh = sh.replicated, sh.rows(rows), sh.cache(rows)
+    jit_key = ("decode", rows, mode)
+    if jit_key not in self._jits:
+      self._jits[jit_key] = jax.jit(
+        functools.partial(_decode_impl, mode=mode),
+        static_argnums=(0,),
+        donate_argnums=(2,),
+        in_shardings=(sh.state, cache_sh, rows_b, rows_b, rep, rep, rep, rep),
+        out_shardings=(rows_b, rows_b, rows_b, rows_b, cache_sh),
+      )
+    lengths, stop, key, temp, tp = put((lengths, stop, key, temp, tp), (rows_b, *[rep] * 4))
+    with self._context():
+      return self._jits[jit_key](
+        self.graphdef, self.state, cache, logits, lengths, stop, key, temp, tp
+      )
 
   def _prepare(
     self,

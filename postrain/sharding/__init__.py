@@ -43,7 +43,7 @@ from postrain.sharding._rules import (
   param_shardings,
   param_specs,
 )
-from postrain.sharding._sharded_sampler import ShardedSampler
+from postrain.sharding._sharded_sampler import ShardedSampler, sampler_shardings
 
 __all__ = [
   "BATCH_AXES",
@@ -69,6 +69,7 @@ __all__ = [
   "param_specs",
   "place_params",
   "replicated",
+  "sampler_shardings",
   "shard_batch_fn",
   "shard_logprob_fn",
   "shard_update",

@@ -12,39 +12,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from postrain._constrain import ACTIVATIONS, constrain  # noqa: F401  (re-exported)
+from postrain._device_put import put as _put
 from postrain.sharding._mesh import replicated
 from postrain.sharding._rules import LogicalRule, _logical_table, _mesh_axes
-
-
-def _to_global(x: Any, s: jax.sharding.Sharding) -> jax.Array:
-  """A process-local value (host array, or a jax.Array on this process's devices) that every
-  process holds identically -> a global array with sharding `s` (each process copies its slices)."""
-  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(_to_global(jax.random.key_data(x), s))
-  host = np.asarray(x)
-  return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
-
-
-def _put(tree: Any, shardings: Any) -> Any:
-  """Moves committed jax.Arrays whose sharding differs (jit refuses them); host arrays pass.
-
-  Several processes: jit takes only global arrays for shardings that span processes, so host and
-  process-local values (identical on every process) become global arrays here.
-  """
-  multi = jax.process_count() > 1
-
-  def put(s, sub):
-    def one(x):
-      if multi and not s.is_fully_addressable:
-        if not isinstance(x, jax.Array) or x.is_fully_addressable:
-          return _to_global(x, s)
-      if isinstance(x, jax.Array) and not x.sharding.is_equivalent_to(s, x.ndim):
-        return jax.device_put(x, s)
-      return x
-
-    return jax.tree.map(one, sub)
-
-  return jax.tree.map(put, shardings, tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
 
 def _own_trace(fn: Callable[..., Any]) -> Callable[..., Any]:
