@@ -49,6 +49,7 @@ EXTRAS = {
     "torch==2.13.0",
     "transformers>=5.23",
     "accelerate>=1.15",  # transformers needs it to load GGUF files
+    "peft>=0.21.2",  # the PEFT adapter export (tests/models/test_parity_lora.py)
   ],
 }
 
