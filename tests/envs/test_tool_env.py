@@ -117,12 +117,13 @@ def test_user_tool_by_registration_and_env_by_import_string():
   with pytest.raises(ValueError, match="already registered"):
     envs.register_tool(envs.get_tool("shout_t"))
   # an Env subclass by import string, options filtered by its signature
-  custom = envs.make_env("tests.envs.test_tool_env:EchoEnv", format="compact", timeout_s=1.0)
-  # (pytest may import this file under another module name: compare class names)
+  # This file's module name as pytest imported it (`test_tool_env` under the `pytest` script,
+  # which puts no repository root on sys.path): the import string resolves through sys.modules.
+  custom = envs.make_env(f"{__name__}:EchoEnv", format="compact", timeout_s=1.0)
   assert type(custom).__name__ == "EchoEnv" and custom.reset("x")[0]["content"] == "x"
   assert custom.fmt == "compact"  # `format` passed, `timeout_s` left out (not in its signature)
   # a callable returning an env
-  assert type(envs.make_env("tests.envs.test_tool_env:make_echo")).__name__ == "EchoEnv"
+  assert type(envs.make_env(f"{__name__}:make_echo")).__name__ == "EchoEnv"
   assert envs.make_env("none") is None
 
 
