@@ -7,6 +7,7 @@ surfacing as an XLA error. None of them looks at array values.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,3 +64,16 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
   if not ok:
     bound = ">= 0" if allow_zero else "> 0"
     raise ValueError(f"`{name}` must be {bound}, got {value}.")
+
+
+def import_attr(path: str, what: str, expected: str = "package.module:attr") -> Any:
+  """The object `"package.module:attr"` names (a user's loss, tool or environment).
+
+  ValueError `f"{what} {path!r} ({err}); expected '{expected}'"` when the module or the attribute
+  cannot be imported (`what` names the config key, e.g. "config.env.name: cannot import").
+  """
+  module, _, attr = path.partition(":")
+  try:
+    return getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as err:
+    raise ValueError(f"{what} {path!r} ({err}); expected '{expected}'") from err

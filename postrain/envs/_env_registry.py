@@ -13,11 +13,11 @@ timeout_s, tools, shaping rewards) that its signature accepts, once per episode 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+from postrain._validation import import_attr
 from postrain.envs._env_base import Env, ToolEnv
 
 EnvFactory = Callable[..., Env]
@@ -46,13 +46,7 @@ def resolve(name: str) -> EnvFactory | None:
   if name in ENVS:
     return ENVS[name]
   if ":" in name:
-    module, _, attr = name.partition(":")
-    try:
-      obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-      raise ValueError(
-        f"config.env.name: cannot import {name!r} ({err}); expected 'package.module:attr'"
-      ) from err
+    obj = import_attr(name, "config.env.name: cannot import")
     if not callable(obj):
       raise ValueError(f"config.env.name: {name!r} is not an Env subclass or callable")
     return obj

@@ -25,13 +25,13 @@ from __future__ import annotations
 import ast
 import concurrent.futures
 import dataclasses
-import importlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jsonschema
 
+from postrain._validation import import_attr
 from postrain.envs._calculator import CALCULATOR_SCHEMA, calculator
 
 MAX_RESULT_CHARS = 2000  # longer tool outputs are cut (with a note) before the model sees them
@@ -194,13 +194,7 @@ def get_tool(name: str) -> Tool:
   if name in TOOLS:
     return TOOLS[name]
   if ":" in name:
-    module, _, attr = name.partition(":")
-    try:
-      obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-      raise ValueError(
-        f"cannot import tool {name!r} ({err}); expected 'package.module:attr'"
-      ) from err
+    obj = import_attr(name, "cannot import tool")
     if not isinstance(obj, Tool):
       raise ValueError(f"{name!r} is a {type(obj).__name__}, not an envs.Tool")
     return obj

@@ -31,7 +31,6 @@ Adding a built-in loss: write the function in `postrain.losses`, register it her
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 
 from postrain import advantages as advantages_lib
 from postrain import losses
+from postrain._validation import import_attr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,13 +253,7 @@ def compute_advantages(rl: Any, rewards: jax.Array) -> jax.Array:
 
 def _user_loss(path: str) -> Callable[..., Any]:
   """The function `"package.module:function"` names (ValueError naming the config key if not)."""
-  module, _, attr = path.partition(":")
-  try:
-    fn = getattr(importlib.import_module(module), attr)
-  except (ImportError, AttributeError) as err:
-    raise ValueError(
-      f"config.rl.algorithm: cannot import loss {path!r} ({err}); expected 'package.module:function'"
-    ) from err
+  fn = import_attr(path, "config.rl.algorithm: cannot import loss", "package.module:function")
   if not callable(fn):
     raise ValueError(f"config.rl.algorithm: {path!r} is not callable")
   return fn

