@@ -41,10 +41,7 @@ def sampler(model):
   return sampling.Sampler(model)
 
 
-@nnx.jit
-def full_logits(model, tokens, valid):
-  hidden, _ = model(tokens, models.positions_from_valid(valid), valid=valid)
-  return model.logits(hidden)
+full_logits = nnx.jit(models.forward)  # one uncached pass, positions from `valid`
 
 
 @nnx.jit
