@@ -12,7 +12,8 @@ float32. postrain runs with `model.remat="block"` and `rl.microbatch_rows=8`.
 `benchmarks/.venv-trl` (git-ignored) is created on first use with `--system-site-packages` (it
 reuses this environment's CPU torch and transformers) and `pip install "trl==1.16.*"`. The two
 run alternately, each in its own process, `--rounds` times; each process times `--steps` steps
-after one warm-up step (compilation). Printed: the median step time of each side, their ratio per
+after one warm-up step (compilation); XLA compile time inside a timed step (a new length bucket)
+is measured by `jax.monitoring` and left out of it. Printed: the median step time of each side, their ratio per
 round, and the sampling / update split of each (TRL: time inside `_generate` / the rest).
 """
 
@@ -68,6 +69,7 @@ def _config(args):
   c.rl.max_new_tokens, c.rl.cache_size = args.new_tokens, 256
   c.rl.steps = args.steps + 1
   c.task.num_train, c.task.num_eval = 2000, 8
+  c.eval.num_problems, c.eval.max_new_tokens = 8, args.new_tokens
   c.progress_bar = False
   c.memory.check = "off"  # its compile is not part of a step
   return c
@@ -82,6 +84,13 @@ def postrain_worker(args) -> None:
   from postrain import train as pt
 
   c = _config(args)
+  compile_s = [0.0]
+
+  def on_event(event: str, duration: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+      compile_s[0] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
   with tempfile.TemporaryDirectory() as workdir:
     tr = train.Trainer(c, workdir)
     tr._enter_rl()
@@ -91,16 +100,16 @@ def postrain_worker(args) -> None:
         tr.data.train, seed=c.seed, step=tr.step, count=c.rl.prompts_per_step
       )
       prompts.append([{"prompt": tr.data.prompt(p), "answer": str(p.answer)} for p in problems])
-      start = time.perf_counter()
+      start, compile_s[0] = time.perf_counter(), 0.0
       m = tr._rl_step()
       jax.block_until_ready(tr.params)
-      total = time.perf_counter() - start
+      total = time.perf_counter() - start - compile_s[0]
       tr.step += 1
       n_tok = m["response_len"] * c.rl.prompts_per_step * c.rl.group_size
       sample_s = n_tok / m["sample_tokens_per_s"]
       if i:  # step 0 compiles
         steps.append({"total": total, "sampling": sample_s, "update": total - sample_s,
-                      "response_len": m["response_len"]})  # fmt: skip
+                      "response_len": m["response_len"], "compile_excluded": compile_s[0]})  # fmt: skip
   with open(args.out, "w") as f:
     json.dump({"steps": steps, "prompts": prompts[1:], "median": float(np.median(
       [s["total"] for s in steps]))}, f)  # fmt: skip
@@ -196,14 +205,17 @@ def main() -> None:
   for r in range(args.rounds):
     p_out, t_out = (os.path.join(CACHE, f"vs_trl_{k}_{r}.json") for k in ("postrain", "trl"))
     _run([sys.executable, me, "--worker", "postrain", "--out", p_out, *common], env)
+    load_p = os.getloadavg()[1]  # the 5-minute average over (about) postrain's run
     _run([python, me, "--worker", "trl", "--out", t_out, "--prompts-file", p_out, *common], env)
+    load_t = os.getloadavg()[1]
     p, t = (json.load(open(x)) for x in (p_out, t_out))
     split = lambda d: "sampling {:.1f} s + update {:.1f} s".format(  # noqa: E731
       *[sum(s[k] for s in d["steps"]) / len(d["steps"]) for k in ("sampling", "update")]
     )
     print(
       f"round {r}: postrain {p['median']:.1f} s/step ({split(p)}), TRL {t['median']:.1f} s/step "
-      f"({split(t)}); TRL / postrain = {t['median'] / p['median']:.2f}x; load {os.getloadavg()}",
+      f"({split(t)}); TRL / postrain = {t['median'] / p['median']:.2f}x; 5-min load average "
+      f"after postrain {load_p:.1f}, after TRL {load_t:.1f}",
       flush=True,
     )
 
