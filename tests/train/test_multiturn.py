@@ -201,7 +201,7 @@ def test_cli_calculator_end_to_end(tmp_path):
               "context_tokens_per_episode", "tool_time_s"):  # fmt: skip
     assert key in rl[-1]
   report = json.load(open(tmp_path / "w" / "report.json"))
-  assert "tool_use_greedy" in report["final"]
+  assert "tool_use_greedy" in report["final"] and "tool_correct_greedy" in report["final"]
 
 
 def test_bad_env_config_names_the_key(tmp_path):
@@ -217,17 +217,6 @@ def test_bad_env_config_names_the_key(tmp_path):
   config.rl.smepo.enabled, config.env.max_turns = False, 0
   with pytest.raises(ValueError, match=r"config\.env\.max_turns"):
     validate(config)
-
-
-def test_multi_process_with_an_env_is_not_implemented(tmp_path, monkeypatch):
-  from postrain import train
-  from postrain.train import _mesh_context
-
-  config = load_config()
-  config.env.name = "calculator"
-  monkeypatch.setattr(_mesh_context.MeshContext, "multi_process", property(lambda self: True))
-  with pytest.raises(NotImplementedError, match=r"config\.env\.name='calculator'"):
-    train.Trainer(config, str(tmp_path))
 
 
 def _final(workdir):
