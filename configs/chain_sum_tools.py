@@ -1,10 +1,12 @@
 """Tool use that matters for a tiny model: chain sums of 3-4 terms with 4-6 digit numbers, with a
 `calculator` tool (compact call format) or without tools, SFT warm start then GSPO (issue 17).
 
-The SFT corpus is mixed: with tools, half the problems are demonstrated by a tool-use episode
-(`call: calculator(<expression>)`, the real result as context, then `answer: <result>`), the rest
-by worked or terse no-tool answers; without tools, by the worked / terse answers alone. GSPO then
-runs the same steps on both. Recorded in docs/experiments.md.
+The SFT corpus is mixed: with tools, 3/4 of the problems are demonstrated by a tool-use episode
+(`call: calculator(<expression>)`, the real result as context, then `answer: <result>`; the
+expression and the answer right-aligned in fixed token widths, `sft.tool_align_*`), the rest by
+worked or terse no-tool answers; without tools, by the worked / terse answers alone. GSPO then
+runs the same steps on both. Recorded in docs/experiments.md (tools: 1.000 greedy / 0.641 sampled
+held-out accuracy, no tools: 0.000; ~15 min on a loaded 2-core host).
 
   python -m postrain.train --config configs/chain_sum_tools.py --workdir runs/tools
   python -m postrain.train --config configs/chain_sum_tools.py:tools=False --workdir runs/no_tools
