@@ -31,7 +31,7 @@ class Env:
 
   `episode_stats()` may return counts of the current episode for the trainer's metrics:
   "tool_calls", "tool_errors" (ints), "tool_seconds" (float), "calls_per_tool" ({name: int}),
-  "errors_per_kind" ({kind: int}).
+  "errors_per_kind" ({kind: int}), "tool_results" (the texts of the successful calls, in order).
   """
 
   def reset(self, problem: Any) -> list[dict[str, str]]:
@@ -180,6 +180,9 @@ class ToolEnv(Env):
     st = dict(self._stats)
     st["calls_per_tool"] = dict(st["calls_per_tool"])
     st["errors_per_kind"] = dict(st["errors_per_kind"])
+    st["tool_results"] = [
+      m["content"] for m in self.messages if m["role"] == "tool" and not m.get("error")
+    ]
     return st
 
   def corpus(self) -> list[str]:

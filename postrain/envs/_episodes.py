@@ -25,6 +25,12 @@ Each turn generates at most `min(max_new_tokens, the largest remaining budget of
 free cache slots)` tokens, rounded down to a power of two when below `max_new_tokens` (the decode
 loop compiles once per length), so a row with less budget than that may exceed it by the rest of its last turn (then it
 ends, truncated); the sampler's cache size is the hard limit.
+
+Several processes, each with the environments of its own rows (the trainer's env stage): the
+`conversation` is their view of one global conversation, and `reduce_max` (the maximum of an int
+over the processes) makes the three batch-wide decisions global (whether any row continues, the
+turn's length, the longest observation), so every process runs the same turns as one process
+holding every row.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class EpisodeStats:
   (sum of the env's per-turn rewards), final_texts (the last model turn of each row, what the
   verifier scores), texts (every model turn of each row), calls_per_tool {name: i32[B]},
   errors_per_kind {kind: int}, tool_seconds (summed over rows), env_seconds (wall time in
-  `env.step`, tools included).
+  `env.step`, tools included), tool_results (per row the texts of its successful calls).
   """
 
   turns: np.ndarray
@@ -63,6 +69,7 @@ class EpisodeStats:
   errors_per_kind: dict[str, int]
   tool_seconds: float
   env_seconds: float
+  tool_results: list[list[str]] = dataclasses.field(default_factory=list)
 
   def metrics(self) -> dict[str, float]:
     """Batch means: turns_per_episode, tool_calls_per_episode (and per tool), tool_error_rate
@@ -105,9 +112,11 @@ def run_episodes(
   temperature: float = 1.0,
   top_p: float | None = None,
   top_k: int | None = None,
+  reduce_max: Callable[[int], int] | None = None,
 ) -> tuple[Any, EpisodeStats]:
   """Runs one episode per row (see the module docstring); returns `(conversation.result(),
-  EpisodeStats)`. `decode` receives a turn's token ids without its stop token."""
+  EpisodeStats)`. `decode` receives a turn's token ids without its stop token. `reduce_max`: the
+  maximum of an int over every process (None: one process, the identity)."""
   b = len(prompts)
   if len(envs) != b:
     raise ValueError(f"`envs` has {len(envs)} environments for {b} prompts")
@@ -116,6 +125,7 @@ def run_episodes(
   if max_total_tokens < 1 or max_new_tokens < 1:
     raise ValueError("`max_total_tokens` and `max_new_tokens` must be >= 1")
   stops = set(int(s) for s in stop_tokens)
+  reduce_max = reduce_max or int
   turns = np.zeros(b, np.int32)
   generated = np.zeros(b, np.int32)
   context = np.zeros(b, np.int32)
@@ -154,18 +164,18 @@ def run_episodes(
         continue
       context[row] += len(obs_ids)
       observations[row] = obs_ids
-    if not active.any():
+    if not reduce_max(int(active.any())):
       break
     live = np.flatnonzero(active)
-    limit = min(
-      max_new_tokens, max(max_total_tokens - int(generated[r] + context[r]) for r in live)
-    )
+    budget = max((max_total_tokens - int(generated[r] + context[r]) for r in live), default=0)
+    limit = min(max_new_tokens, reduce_max(budget))
     room = getattr(conversation, "remaining", None)  # free cache slots (sampling.Conversation)
     if room is not None:  # the chunk [last token, observation] and the new tokens must fit
-      limit = min(limit, int(room) - 1 - max(len(observations[r]) for r in live))
+      longest = reduce_max(max((len(observations[r]) for r in live), default=0))
+      limit = min(limit, int(room) - 1 - longest)
       if limit < 1:  # the cache is full: every continuing row ends here
         truncated[live], active[live] = True, False
-        context[live] -= [len(observations[r]) for r in live]
+        context[live] -= np.asarray([len(observations[r]) for r in live], np.int32)
         break
     if limit < max_new_tokens:  # a power of two: few distinct decode-loop compilations
       limit = 1 << (limit.bit_length() - 1)
@@ -177,8 +187,10 @@ def run_episodes(
   per_tool: dict[str, np.ndarray] = {}
   per_kind: dict[str, int] = {}
   tool_seconds = 0.0
+  results: list[list[str]] = []
   for row, env in enumerate(envs):
     st = env.episode_stats() if hasattr(env, "episode_stats") else {}
+    results.append([str(r) for r in st.get("tool_results", [])])
     calls[row] = int(st.get("tool_calls", 0))
     errors[row] = int(st.get("tool_errors", 0))
     tool_seconds += float(st.get("tool_seconds", 0.0))
@@ -200,6 +212,7 @@ def run_episodes(
     errors_per_kind=per_kind,
     tool_seconds=tool_seconds,
     env_seconds=env_seconds,
+    tool_results=results,
   )
   return out, stats
 

@@ -24,6 +24,11 @@ after a turn each row's last drawn token (its stop token, or the last of `max_ne
 yet in the cache. `extend` writes it first, then the observation: the chunk of row b is
 `[last_b, *observation_b]`, left-padded to a common width W, at positions
 `n_b - 1 .. n_b + len(observation_b) - 1` (n_b: the row's conversation length so far).
+
+Several processes (`jax.distributed`, a sharded sampler): every process passes the same prompts
+and observations of all B rows and runs the same global computation; each turn's tokens and
+log-probs (small) are all-gathered, so every process holds the whole host state and `result()`.
+A caller that owns only some rows gathers their observations first (the trainer's env stage).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from postrain._device_put import put
 from postrain.sampling._prompts import check_int, stop_array
 from postrain.sampling._sampler import (
   SampleOutput,
@@ -100,9 +106,9 @@ class Conversation:
 
   def __init__(self, sampler: Sampler, *, cache_size: int, pad_id: int = 0, obs_bucket: int = 16):
     """Args:
-    sampler: a `sampling.Sampler`; one with `shardings` (or a `sharding.ShardedSampler`, whose
-      `.sampler` is used) in a one-process run only (rows and cache sharded as its prefill places
-      them).
+    sampler: a `sampling.Sampler`, or one with `shardings` (or a `sharding.ShardedSampler`, whose
+      `.sampler` is used): rows and cache sharded as its prefill places them; with several
+      processes every process passes the same prompts and observations (module docstring).
     cache_size: KV slots per row for the whole conversation: the bucketed prompt width, every
       turn's `max_new_tokens`, every observation chunk (1 + the longest observation, rounded up
       to `obs_bucket` when it fits), and the gaps left by rows that stop early.
@@ -120,11 +126,6 @@ class Conversation:
     if sampler.shardings is not None:
       # A sharded sampler: its sharded prefill, and the append / decode loop jitted on it (traced
       # in its activation context; the state's and the cache's shardings propagate).
-      if jax.process_count() > 1:
-        raise NotImplementedError(
-          "Conversation with a sharded Sampler runs in one process (each process its own "
-          "Conversation over its rows is not built yet)."
-        )
       self._decode = sampler.jit(
         "conversation_decode",
         _decode_impl,
@@ -294,7 +295,8 @@ class Conversation:
       self._rows[i].extend((int(t), False, 0.0, 0.0) for t in o)
     self._n_ctx = new_ctx
     cache, self._cache = self._cache, None
-    logits, cache = self._extend(s.graphdef, s.state, cache, tokens, valid, positions)
+    chunk = self._put_rows((tokens, valid, positions))
+    logits, cache = self._extend(s.graphdef, s.state, cache, *chunk)
     self._end += width
     mode = s._mode(
       n=1,
@@ -366,22 +368,23 @@ class Conversation:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.wrap_key_data(key)
     self.logits = logits
-    out = self._decode(
-      s.graphdef,
-      s.state,
-      cache,
-      logits,
-      jnp.asarray(self._n_ctx, jnp.int32),
+    n_ctx, active_rows = self._put_rows((np.asarray(self._n_ctx, np.int32), np.asarray(active)))
+    scalars = (
       stop_array(stop_tokens),
       key,
       jnp.float32(temperature),
       jnp.float32(1.0 if top_p is None else top_p),
-      mode=mode,
-      active=jnp.asarray(active),
     )
+    if self.sampler.shardings is not None:
+      scalars = put(scalars, (self.sampler.shardings.replicated,) * 4)
+    stop, key, temp, tp = scalars
+    out = self._decode(
+      s.graphdef, s.state, cache, logits, n_ctx, stop, key, temp, tp, mode=mode,
+      active=active_rows,
+    )  # fmt: skip
     tokens, slp, mlp, lengths, self._cache = out
-    self._end = int(self._cache.end)
-    tokens, slp, mlp, lengths = (np.asarray(x) for x in (tokens, slp, mlp, lengths))
+    self._end = int(_whole(self._cache.end))
+    tokens, slp, mlp, lengths = (_whole(x) for x in (tokens, slp, mlp, lengths))
     stop = set(int(t) for t in stop_tokens)
     b = len(self._rows)
     turn_tokens, turn_slp, turn_mlp, stopped = [], [], [], np.zeros(b, bool)
@@ -397,6 +400,15 @@ class Conversation:
         self._n_ctx[i] += n
         stopped[i] = toks[-1] in stop
     return Turn(turn_tokens, turn_slp, turn_mlp, stopped, np.asarray(active).copy())
+
+  def _put_rows(self, arrays: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
+    """Host row arrays [B, ...] -> the jitted functions' inputs: as they are without shardings
+    (jit places them), else global arrays split like the sampler's rows (several processes: jit
+    takes only global arrays)."""
+    sh = self.sampler.shardings
+    if sh is None:
+      return tuple(jnp.asarray(a) for a in arrays)
+    return put(arrays, tuple(sh.rows(a.shape[0]) for a in arrays))
 
   def _check_observations(self, observations: Any) -> list[list[int] | None]:
     b, vocab = len(self._rows), self.sampler.cfg.vocab_size
@@ -432,3 +444,13 @@ class Conversation:
   def _check_started(self, what: str) -> None:
     if not hasattr(self, "_rows"):
       raise RuntimeError(f"Conversation.{what}: call `start(prompts, ...)` first.")
+
+
+def _whole(x: Any) -> np.ndarray:
+  """A (possibly global) array -> the whole array on this host (an all-gather when other
+  processes hold some of it)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

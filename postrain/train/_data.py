@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import zlib
 from typing import Any
 
@@ -36,6 +37,8 @@ class TaskData:
   env_prompt: Any = None
   # config.env: a fresh environment (`_env_stage.make_env`), or None
   make_env: Any = None
+  # config.sft.tool_align_call / tool_align_answer (compact tool demonstrations; 0: off)
+  tool_align: tuple[int, int] = (0, 0)
 
   def prompt(self, problem: tasks.Problem) -> str:
     if self.env_prompt is not None:
@@ -131,6 +134,7 @@ def load_task_data(
     format_reward=float(cfg.format_reward),
     env_prompt=env_prompt,
     make_env=make_env,
+    tool_align=(int(config.sft.tool_align_call), int(config.sft.tool_align_answer)),
   )
 
 
@@ -267,6 +271,8 @@ def tool_demo_segments(
   from postrain import envs
 
   tok, fmt = data.tokenizer, env.format
+  if any(data.tool_align) and fmt.name == "compact":
+    messages = align_demonstration(messages, tok.encode, *data.tool_align)
   segments, pending = [], []
   for j, m in enumerate(messages):
     if m["role"] == "tool":
@@ -278,6 +284,39 @@ def tool_demo_segments(
     text = ("\n" if newline and j == 0 else "") + m["content"]
     segments.append(([*tok.encode(text), tok.eos_id], 1.0))
   return segments
+
+
+_CALL = re.compile(r"^call: ([A-Za-z_][A-Za-z0-9_]*)\((.*)\)$", re.DOTALL)
+_ANSWER = re.compile(r"^answer: (.*)$", re.DOTALL)
+
+
+def right_align(value: str, width: int, encode: Any) -> str:
+  """`value` after the leading spaces that make it `width` tokens long (as it is when it has that
+  many already, or `width` is 0)."""
+  pad = 0
+  while width and len(encode(" " * (pad + 1) + value)) <= width:
+    pad += 1
+  return " " * pad + value
+
+
+def align_demonstration(
+  messages: list[dict[str, Any]], encode: Any, call_width: int, answer_width: int
+) -> list[dict[str, Any]]:
+  """A compact demonstration with its calls' argument right-aligned in `call_width` tokens and its
+  answer value in `answer_width` (`config.sft.tool_align_*`): the argument's tokens then sit at
+  one distance from the question's copy of them whatever the expression's length, and the answer
+  at one distance from the tool result's (`result: X\n` + `answer: X`)."""
+  out = []
+  for m in messages:
+    m = dict(m)
+    if m["role"] == "assistant":
+      call, answer = _CALL.match(m["content"]), _ANSWER.match(m["content"])
+      if call:
+        m["content"] = f"call: {call[1]}({right_align(call[2], call_width, encode)})"
+      elif answer:
+        m["content"] = f"answer: {right_align(answer[1], answer_width, encode)}"
+    out.append(m)
+  return out
 
 
 def is_terse(problem: tasks.Problem, terse_frac: float) -> bool:

@@ -199,3 +199,20 @@ def to_host(tree: Any) -> Any:
 def is_primary() -> bool:
   """Whether this is process 0 (the one that writes the run's files and prints its summary)."""
   return jax.process_index() == 0
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's small JSON-serialisable `value`, in process order, on every process (its
+  UTF-8 bytes padded to the longest and all-gathered); one process: `[value]`."""
+  import json
+
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  size = max_over_processes(data.size)
+  buf = np.zeros(size + 1, np.uint8)  # never empty
+  buf[: data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(buf))
+  return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in gathered]

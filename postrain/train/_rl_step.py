@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, losses
-from postrain.train import _rollout, _scrl_stage, _smepo, algorithms
+from postrain.train import _env_stage, _rollout, _scrl_stage, _smepo, algorithms
 from postrain.train._types import RLBatch, TrainState
 
 
@@ -137,7 +137,7 @@ def rl_step(
   if parts.env is not None:
     out, texts, sample_s, episodes = parts.env.generate(
       problems, key=key, n=g, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
-      top_k=rl.top_k, top_p=rl.top_p,
+      top_k=rl.top_k, top_p=rl.top_p, prompt_offset=offset if mesh.multi_process else None,
     )  # fmt: skip
   else:
     out, texts, sample_s = _rollout.generate_groups(
@@ -156,10 +156,10 @@ def rl_step(
     verified = rewards
     if episodes is not None:  # + the environment's per-turn rewards (shaping)
       rewards = rewards + episodes.shaping
-    everyone = mesh.gather_rows(
-      {"rewards": rewards.astype(np.float32), "lengths": np.asarray(out.lengths, np.int32)},
-      num_rows,
-    )
+    local = {"rewards": rewards.astype(np.float32), "lengths": np.asarray(out.lengths, np.int32)}
+    if episodes is not None:
+      local["verified"] = np.asarray(verified, np.float32)
+    everyone = mesh.gather_rows(local, num_rows)
     rewards, lengths = everyone["rewards"], everyone["lengths"]
     batch, metrics = rl_batch(out, rewards, rl=rl, progress=progress, rows=rows)
   metrics["response_len"] = float(np.mean(lengths))
@@ -196,8 +196,9 @@ def rl_step(
 
   metrics.update(_rollout.rollout_metrics(mesh, out, vstats, rewards, lengths, sample_s, update_s))
   metrics.update(smepo_metrics)
-  if episodes is not None:  # one process (the trainer refuses several with an environment)
-    metrics.update(episodes.metrics(), accuracy=float(np.mean(verified > 0.5)))
+  if episodes is not None:  # the whole batch's episodes (every process's rows)
+    episodes = _env_stage.gather_stats(episodes, rows.start)
+    metrics.update(episodes.metrics(), accuracy=float(np.mean(everyone["verified"] > 0.5)))
   return state, metrics
 
 

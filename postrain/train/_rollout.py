@@ -160,7 +160,9 @@ def evaluate(
 
   `env` (config.env, an `_env_stage.EnvRollouts`): every sample is a multi-turn episode, scored
   on its final turn; the metrics add the greedy episodes' `tool_calls_per_episode_greedy`,
-  `tool_error_rate_greedy` and `tool_use_greedy` (share of episodes with a successful call).
+  `tool_error_rate_greedy`, `tool_use_greedy` (share of episodes with a successful call) and
+  `tool_correct_greedy` (share whose last successful tool result the verifier scores right: the
+  call computed the answer, whatever the final turn says).
   """
   multi = mesh is not None and mesh.multi_process
   batches, mine = [], []
@@ -173,10 +175,14 @@ def evaluate(
       chunk, offset = chunk[share], share.start
     mine.extend(chunk)
     if env is not None:
-      kw = dict(max_new_tokens=max_new_tokens, key=k_sample)
+      kw = dict(max_new_tokens=max_new_tokens, key=k_sample, prompt_offset=offset)
       out, texts, _, stats = env.generate(chunk, n=1, temperature=0.0, **kw)
       ok_calls = stats.tool_calls - stats.tool_errors
-      tool = {"calls": stats.tool_calls, "errors": stats.tool_errors, "used": ok_calls > 0}
+      # A correct call: the episode's last successful tool result is the right answer.
+      results = [f"answer: {r[-1]}" if r else "" for r in stats.tool_results]
+      correct = _accuracy(data, chunk, results, 1, timeout_s) > 0.5
+      tool = {"calls": stats.tool_calls, "errors": stats.tool_errors, "used": ok_calls > 0,
+              "correct": correct}  # fmt: skip
       greedy = (out, texts)
       sampled = env.generate(chunk, n=k, temperature=1.0, **kw)[:2]
     else:
@@ -210,10 +216,12 @@ def evaluate(
     "response_len_sampled": float(np.mean(sampled_len)),
   }
   if env is not None:
-    calls, errors, used = (
-      np.concatenate([r[f"tool_{name}"] for r in batches]) for name in ("calls", "errors", "used")
+    calls, errors, used, correct = (
+      np.concatenate([r[f"tool_{name}"] for r in batches])
+      for name in ("calls", "errors", "used", "correct")
     )
     metrics["tool_calls_per_episode_greedy"] = float(np.mean(calls))
     metrics["tool_error_rate_greedy"] = float(errors.sum()) / max(int(calls.sum()), 1)
     metrics["tool_use_greedy"] = float(np.mean(used))
+    metrics["tool_correct_greedy"] = float(np.mean(correct))
   return metrics

@@ -137,16 +137,10 @@ class Trainer:
         lambda lo, fr: nnx.state(models.merge_lora(nnx.merge(graphdef, lo, fr)))
       )
     self.sampler = mesh.sampler(self.sampling_model(params), cache_size=config.rl.cache_size)
-    # config.env: multi-turn, tool-using rollouts (`_env_stage.py`), one process only.
+    # config.env: multi-turn, tool-using rollouts (`_env_stage.py`; each process its own rows).
     self.env = None
     if _env_stage.enabled(config):
-      if mesh.multi_process:
-        raise NotImplementedError(
-          f"config.env.name={config.env.name!r}: multi-turn rollouts run in one process only "
-          "(the sharded sampler's per-process row split does not cover conversations yet); "
-          "run with one process or set config.env.name='none'."
-        )
-      self.env = _env_stage.EnvRollouts(config, self.data, self.sampler)
+      self.env = _env_stage.EnvRollouts(config, self.data, self.sampler, mesh)
     self.sft_steps, self.rl_steps = (
       config.sft.steps,
       (config.rl.steps if config.mode in ("rl", "opd", "mopd") else 0),

@@ -113,6 +113,12 @@ def base_config() -> mlc.ConfigDict:
   # With config.env: share of the training problems demonstrated by a tool-use episode of the
   # environment (`Env.demonstration`; the tool results are context, not loss). 0 for none.
   c.sft.tool_fraction = 0.0
+  # Compact-format tool demonstrations only: the call's argument and the answer value right-aligned
+  # in fields of this many tokens (leading spaces; the calculator and the verifier strip them), so
+  # that every copied token (question -> call, tool result -> answer) sits at one fixed distance
+  # from its source, a copy a tiny model learns from few examples. 0: no padding.
+  c.sft.tool_align_call = 0
+  c.sft.tool_align_answer = 0
 
   c.rl = mlc.ConfigDict()
   c.rl.algorithm = "gspo"  # a name of train.algorithms.REGISTRY, or "package.module:function"
@@ -297,6 +303,8 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.sft.batch_size >= 1, "sft.batch_size", "must be >= 1")
   need(0.0 <= c.sft.terse_fraction <= 1.0, "sft.terse_fraction", "must be in [0, 1]")
   need(0.0 <= c.sft.tool_fraction <= 1.0, "sft.tool_fraction", "must be in [0, 1]")
+  need(c.sft.tool_align_call >= 0, "sft.tool_align_call", "must be >= 0 (0: off)")
+  need(c.sft.tool_align_answer >= 0, "sft.tool_align_answer", "must be >= 0 (0: off)")
   need(
     c.sft.tool_fraction == 0 or c.env.name != "none",
     "sft.tool_fraction",

@@ -61,6 +61,7 @@ def test_masks_and_text_over_three_turns(fmt):
   np.testing.assert_array_equal(stats.tool_calls, [0, 1, 2])
   np.testing.assert_array_equal(stats.tool_errors, [0, 0, 1])
   assert stats.final_texts == [s[-1] for s in scripts]
+  assert stats.tool_results == [[], ["13023"], ["42"]]  # successful calls only
   assert not stats.truncated.any()
   np.testing.assert_array_equal(stats.generated_tokens, out.response_mask.sum(-1))
   m = stats.metrics()

@@ -72,6 +72,7 @@ def test_compact_calls():
   assert env.step("answer: 5")[2] is True
   st = env.episode_stats()
   assert st["tool_calls"] == 5 and st["tool_errors"] == 3
+  assert st["tool_results"] == ["5", "6"]  # the successful calls' results, in order
 
 
 def test_timeout_of_a_slow_tool_and_shaping_rewards():

@@ -1,7 +1,8 @@
 """One process of a trainer run: `python _trainer_process_worker.py PORT PROCESS_ID NUM_PROCESSES
 WORKDIR [OVERRIDES_JSON]`. With 2 processes (2 CPU devices each) they form a (data=2, fsdp=2) mesh;
 with 1 process it is the one-device reference. OVERRIDES_JSON: a JSON list of [key, value] config
-overrides applied after the defaults below. Writes `done_{pid}.json` with the problems this process
+overrides applied after the defaults below (["eos_heavy", true]: the head's EOS column scaled after
+the trainer is built, `trainer_case.make_eos_heavy`). Writes `done_{pid}.json` with the problems this process
 loaded.
 """
 
@@ -44,8 +45,11 @@ def main(port: int, pid: int, num: int, workdir: str, extra: list) -> None:
       {"coordinator_address": f"localhost:{port}", "num_processes": num, "process_id": pid}
     )
     mesh = {"data": 2, "fsdp": 2}
-  overrides = (*OVERRIDES, *(tuple(kv) for kv in extra))
+  eos_heavy = ["eos_heavy", True] in extra  # not a config key: scale the head's EOS column
+  overrides = (*OVERRIDES, *(tuple(kv) for kv in extra if kv[0] != "eos_heavy"))
   trainer = train.Trainer(case.config(overrides, **mesh), os.path.join(workdir, "run"))
+  if eos_heavy:
+    case.make_eos_heavy(trainer)
   trainer.run()
   log = [[step, kind, ids] for step, kind, ids in trainer.problem_log]
   with open(os.path.join(workdir, f"done_{pid}.json"), "w") as f:

@@ -105,6 +105,29 @@ def test_smepo_and_ftis_run_equals_one_process(tmp_path):
   assert len(rl) == 2 and all(r["smepo/guided_frac"] == 0.5 for r in rl)  # 2 of 4 guided
 
 
+# Multi-turn episodes (issue 17): each process runs the environments of its own groups, the
+# conversation is one global computation (prompts and observations all-gathered). The test env
+# returns observations for 1-3 turns, the EOS-heavy untied head ends turns after a few tokens.
+MULTITURN = (
+  ("env.name", "trainer_case:ObserveEnv"),
+  ("env.max_turns", 4),
+  ("rl.cache_size", 160),
+  ("model.overrides.tie_embeddings", False),
+  ("eos_heavy", True),
+)
+
+
+@pytest.mark.slow
+def test_env_run_with_per_process_episodes_equals_one_process(tmp_path):
+  check_two_processes_equal_one(tmp_path, MULTITURN)
+  records = case.train_records(str(tmp_path / "two" / "run"))
+  rl = [r for r in records if "turns_per_episode" in r]
+  assert len(rl) == 2  # both RL steps ran episodes; their metrics equal one process's (above)
+  assert all(r["turns_per_episode"] > 1.0 and r["context_tokens_per_episode"] > 0 for r in rl)
+  assert all("tool_calls_per_episode/observe" in r for r in rl)
+  assert any("tool_use_greedy" in r for r in records)  # evaluation episodes, each process its share
+
+
 def test_ftis_block_that_does_not_split_over_the_batch_axes_is_refused():
   import types
 

@@ -11,6 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from postrain import envs
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "default.py")
 
@@ -75,10 +77,12 @@ def run_one_device(workdir, overrides=OVERRIDES, timeout=600):
 
 
 def train_records(workdir):
-  """metrics.jsonl records (timings dropped)."""
+  """metrics.jsonl records (timings dropped: throughputs and the env stage's seconds)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if "per_s" not in k} for r in records]
+  return [
+    {k: v for k, v in r.items() if "per_s" not in k and not k.endswith("time_s")} for r in records
+  ]
 
 
 # Metrics are means over the step's rows, summed in another order by two processes than by one.
@@ -179,3 +183,56 @@ def write_foreign_rollouts(path, *, num_groups=3, group_size=4, resp_len=8, voca
     max_new_tokens=resp_len,
     vocab_size=vocab_size,
   )
+
+
+class ObserveEnv(envs.Env):
+  """A multi-turn test environment (config.env.name="trainer_case:ObserveEnv"): after each model
+  turn it returns the observation "obs{t}:" until turn k = 1 + (a hash of the question) % 3, then
+  ends; pays 0.5 per turn whose text has an even length (reward variance for the updates) and
+  counts each observation it returns as a call of the tool "observe" (per-tool metrics)."""
+
+  def __init__(self, format="compact"):
+    del format
+
+  def reset(self, problem):
+    import zlib
+
+    question = getattr(problem, "question", problem)
+    self.k, self.t = 1 + zlib.crc32(question.encode()) % 3, 0
+    return [{"role": "user", "content": question}]
+
+  def step(self, model_text):
+    self.t += 1
+    reward = 0.5 * (len(model_text) % 2 == 0)
+    if self.t >= self.k:
+      return None, reward, True
+    return f"obs{self.t}:", reward, False
+
+  def corpus(self):
+    return ["obs1: obs2: obs3:"]
+
+  def episode_stats(self):
+    calls = min(self.t, self.k - 1)
+    return {
+      "tool_calls": calls,
+      "tool_errors": 0,
+      "tool_seconds": 0.0,
+      "calls_per_tool": {"observe": calls} if calls else {},
+      "errors_per_kind": {},
+    }
+
+
+def make_eos_heavy(trainer, factor=40.0):
+  """Scales the untied head's EOS column (global params, any mesh): turns stop after a few tokens,
+  so episodes run several turns (a random model would almost never stop)."""
+  eos = trainer.data.tokenizer.eos_id
+
+  def heavy(params):
+    def one(path, x):
+      if "lm_head" in jax.tree_util.keystr(path):
+        return x.at[:, eos].multiply(factor)
+      return x
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+  trainer.params = jax.jit(heavy, out_shardings=trainer.param_shardings)(trainer.params)

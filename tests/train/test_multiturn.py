@@ -201,7 +201,7 @@ def test_cli_calculator_end_to_end(tmp_path):
               "context_tokens_per_episode", "tool_time_s"):  # fmt: skip
     assert key in rl[-1]
   report = json.load(open(tmp_path / "w" / "report.json"))
-  assert "tool_use_greedy" in report["final"]
+  assert "tool_use_greedy" in report["final"] and "tool_correct_greedy" in report["final"]
 
 
 def test_bad_env_config_names_the_key(tmp_path):
@@ -217,17 +217,6 @@ def test_bad_env_config_names_the_key(tmp_path):
   config.rl.smepo.enabled, config.env.max_turns = False, 0
   with pytest.raises(ValueError, match=r"config\.env\.max_turns"):
     validate(config)
-
-
-def test_multi_process_with_an_env_is_not_implemented(tmp_path, monkeypatch):
-  from postrain import train
-  from postrain.train import _mesh_context
-
-  config = load_config()
-  config.env.name = "calculator"
-  monkeypatch.setattr(_mesh_context.MeshContext, "multi_process", property(lambda self: True))
-  with pytest.raises(NotImplementedError, match=r"config\.env\.name='calculator'"):
-    train.Trainer(config, str(tmp_path))
 
 
 def _final(workdir):
@@ -301,3 +290,52 @@ def test_sft_tool_demonstrations_mask_the_tool_result(tmp_path):
   plain = _data.sft_batch(data, problems, 160, tool_frac=0.0)
   assert plain["loss_mask"][0][len(data.encode_prompt(data.prompt(problems[0]))) :].sum() > 0
   assert "call:" not in tok.decode(plain["tokens"][0][plain["loss_mask"][0] > 0].tolist())
+
+
+def test_aligned_tool_demonstrations_copy_from_one_distance(tmp_path):
+  """sft.tool_align_call / tool_align_answer: the call's argument and the answer right-aligned in
+  fixed token widths, so each copied token is at the same distance from its source in every
+  demonstration (question -> call, tool result -> answer)."""
+  from postrain.train import _data
+
+  config = load_config()
+  config.env.name, config.sft.tool_fraction = "calculator", 1.0
+  config.sft.tool_align_call, config.sft.tool_align_answer = 20, 8
+  # expressions of 7-18 tokens (3-4 terms of 1-3 digits): their lengths differ
+  config.task.kwargs = dict(min_terms=3, max_terms=4, min_digits=1, max_digits=3)
+  data = _data.load_task_data(config, str(tmp_path))
+  tok = data.tokenizer
+  call_gaps, answer_gaps = set(), set()
+  for p in data.train[:12]:
+    prompt = data.encode_prompt(data.prompt(p))
+    (call, _), (obs, _), (answer, _) = _data.tool_demo_segments(data, p, newline=True)
+    expression = tok.encode(p.metadata["expression"].strip())
+    result = tok.encode(p.answer.lstrip("-"))  # the digits (a sign merges with its space)
+    # the argument: spaces, then the expression's tokens, filling exactly 20 tokens before ")"
+    text = tok.decode(call[:-1])
+    assert text.startswith("\ncall: calculator(") and text.endswith(")")
+    arg = tok.encode(text[len("\ncall: calculator(") : -1])
+    assert len(arg) == 20 and tok.decode(arg).strip() == p.metadata["expression"].strip()
+    assert len(answer) == 1 + 1 + 1 + 8 + 1  # "answer", ":", " ", the 8-token field, the stop
+    assert tok.decode(answer[:-1]).split(":")[1].strip() == p.answer
+    # where the copies start: the last occurrence of the expression in the prompt, in the call
+    row = prompt + call + obs + answer
+    src = max(i for i in range(len(prompt)) if prompt[i : i + len(expression)] == expression)
+    dst = len(prompt) + next(
+      i for i in range(len(call)) if call[i : i + len(expression)] == expression
+    )
+    call_gaps.add(dst - src)
+    res = (
+      len(prompt)
+      + len(call)
+      + next(i for i in range(len(obs)) if obs[i : i + len(result)] == result)
+    )
+    ans = len(prompt) + len(call) + len(obs) + len(answer) - 1 - len(result)
+    assert row[ans : ans + len(result)] == result
+    answer_gaps.add(ans - res)
+  assert len(call_gaps) == 1 and len(answer_gaps) == 1, (call_gaps, answer_gaps)
+  # off: the distance follows each expression's length
+  config.sft.tool_align_call = config.sft.tool_align_answer = 0
+  plain = _data.load_task_data(config, str(tmp_path))
+  lengths = {len(plain.tokenizer.encode(p.metadata["expression"].strip())) for p in data.train[:12]}
+  assert len(lengths) > 1
