@@ -51,9 +51,12 @@ class TaskData:
     return [self.encode_prompt(self.prompt(p)) for p in problems]
 
   def encode_prompt(self, text: str) -> list[int]:
-    """Token ids of a prompt, after the BOS token when the tokenizer has one."""
-    bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id >= 0 else []
-    return bos + self.tokenizer.encode(text)
+    """Token ids of a prompt, after the BOS token when the tokenizer has one and the text does
+    not already begin with it (a chat template that opens with its BOS text, e.g. SmolLM2's
+    `<|im_start|>`, gets it once)."""
+    ids = self.tokenizer.encode(text)
+    bos = self.tokenizer.bos_id
+    return ids if bos < 0 or ids[:1] == [bos] else [bos, *ids]
 
   def decode_responses(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
     """Texts of the masked response tokens of each row, without the stop token."""

@@ -181,3 +181,18 @@ def test_read_only_workdir_is_one_line_naming_the_path(tmp_path):
   assert result.returncode == 2, result.stdout + result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {top}"), result.stderr
+
+
+def test_smollm2_chat_prompt_begins_with_one_bos():
+  """SmolLM2's BOS is `<|im_start|>`, the first token of its chat template: the prompt's ids get
+  it once (not `<|im_start|><|im_start|>system`); a plain prompt still gets the BOS in front."""
+  from postrain.models import tokenizers
+  from postrain.train import _data
+
+  tok = tokenizers.from_gguf(_smollm2_path())
+  text = tokenizers.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], "smollm2")
+  data = _data.TaskData(task=None, train=[], test=[], tokenizer=tok, chat_template=None)
+  ids = data.encode_prompt(text)
+  assert tok.decode([tok.bos_id]) == "<|im_start|>"
+  assert ids == tok.encode(text) and ids[0] == tok.bos_id and ids[1] != tok.bos_id
+  assert data.encode_prompt("What is 2 + 3?") == [tok.bos_id, *tok.encode("What is 2 + 3?")]
