@@ -255,9 +255,8 @@ class Distiller:
     )
     if d.loss == "topk" and d.topk > student_vocab:
       raise ValueError(f"config.distill.topk={d.topk} exceeds the vocabulary ({student_vocab})")
-    p_sh = param_shardings
-    self.update = mesh.shard_update(
-      _update.make_update(
+    self.update = mesh.shard_state_update(
+      _update.make_state_update(
         functools.partial(distill_loss, spec=self.spec),
         tx,
         graphdef,
@@ -266,8 +265,7 @@ class Distiller:
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
       ),
-      p_sh,
-      mesh.opt_shardings(tx, params, p_sh),
+      mesh.state_shardings(tx, params, param_shardings),
       # LoRA: the frozen base is an argument of the compiled update.
       **({} if rest_shardings is None else dict(rest=rest, rest_sh=rest_shardings)),
     )

@@ -55,7 +55,7 @@ class RLStepParts:
   data         the run's `TaskData` (prompts, tokenizer, verifier)
   sampler      the `ShardedSampler` (its parameters are set from the state each step)
   graphdef, rest   the model's structure and non-parameter state (`nnx.split`)
-  update       jitted `(params, opt_state, RLBatch, margin) -> (params, opt_state, aux)`
+  update       jitted `(TrainState, RLBatch, margin) -> (TrainState, aux)`, the state donated
   logprobs     jitted `(params, tokens, mask, valid) -> f32[B, T]`
   num_rl_steps the RL phase's length (temporal window progress, ConSPO margin schedule)
   foreign      the F-TIS stage or None
@@ -99,6 +99,7 @@ def rl_step(
 ) -> tuple[TrainState, dict[str, float]]:
   """One RL step on the step's `problems` (all processes pass the same list): returns the state
   after `rl.updates_per_batch` optimiser steps and the step's metrics (whole-batch statistics).
+  `state.step` is this step's index, unchanged (the loop advances it, `TrainState`).
 
   rl_index: the step's index in the RL phase; ref_params: the frozen KL reference (`rl.kl_coef`);
   record: receives the problems this process sampled (the trainer's per-process data log).
@@ -118,7 +119,7 @@ def rl_step(
   smepo_metrics: dict[str, float] = {}
   if rl.smepo.enabled:
     prompts, smepo_metrics = _smepo.smepo_stage(
-      data, problems, prompts, rl=rl, seed=cfg.seed, step=state.step, mesh=mesh,
+      data, problems, prompts, rl=rl, seed=cfg.seed, step=int(state.step), mesh=mesh,
       offset=mine.start, total=total,
     )  # fmt: skip
   chains, n, offset = None, g, mine.start
@@ -189,7 +190,7 @@ def rl_step(
   )  # fmt: skip
   start, auxes = time.perf_counter(), []
   for minibatch in mesh.device_minibatches(batch, rl.updates_per_batch):
-    state, aux = state.apply(parts.update, minibatch, margin)
+    state, aux = parts.update(state, minibatch, margin)
     auxes.append(aux)
   metrics.update(mesh.mean_metrics(auxes), margin=float(margin))
   update_s = time.perf_counter() - start

@@ -7,7 +7,7 @@ the stages of a step. Optional fields are `None` (an empty subtree) when a step 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -79,23 +79,40 @@ class RLBatch:
 
 @struct.dataclass
 class TrainState:
-  """What one step changes: the parameters, the optimiser state, the step and the run's key.
+  """What one trainer step changes: parameters, optimiser state, step, the run's key (and the EMA
+  teacher of OPD / MOPD). All fields are pytree leaves: the compiled update takes and returns the
+  whole state (`update(state, batch, *extra) -> (state, aux)`, the state donated).
 
-  params     the model's `nnx.Param` state (a pytree, in its shardings)
+  params     the model's `nnx.Param` state (a pytree, in its shardings; LoRA: the adapters)
   opt_state  the optax state of the phase's optimiser (SFT or RL)
   rng        the run's base key; step s samples with `jax.random.fold_in(rng, s)`
-  step       the number of steps taken (SFT and RL), a host int (static: not traced)
+  step       i32[] the number of trainer steps taken (SFT, RL, OPD / MOPD), on the device
+  teacher    the EMA teacher's parameters (OPD / MOPD with `teacher.source="ema"`), else None
+
+  Where the step counts: one trainer step may hold several optimiser steps (an RL or OPD step
+  makes `rl.updates_per_batch` of them, one per minibatch; optax counts those inside
+  `opt_state`). The compiled update and the step functions (`rl_step`, `distill_step`, the SFT
+  step) leave `step` alone, so during a step it is that step's index (its sampling key, its
+  problems); the loop advances it once per trainer step (`Trainer.run`: `state.advance()`).
+  The host reads `int(state.step)` only where it needs a Python int: `Trainer.step` (the step's
+  problems, checkpoint and evaluation cadence, data position) and the MOPD / SMEPO seeds.
   """
 
   params: Any
   opt_state: Any
   rng: jax.Array
-  step: int = struct.field(pytree_node=False, default=0)
+  step: jax.Array
+  teacher: Any = None
 
-  def apply(
-    self, update: Callable[..., tuple[Any, Any, Any]], batch: Any, *extra: Any
-  ) -> tuple[TrainState, Any]:
-    """One optimiser step: `update(params, opt_state, batch, *extra) -> (params, opt_state, aux)`
-    (a jitted `make_update`, its old buffers donated) -> (the new state, aux)."""
-    params, opt_state, aux = update(self.params, self.opt_state, batch, *extra)
-    return self.replace(params=params, opt_state=opt_state), aux
+  @classmethod
+  def create(cls, params: Any, opt_state: Any, rng: jax.Array, teacher: Any = None) -> TrainState:
+    """The state at step 0."""
+    return cls(params, opt_state, rng, jnp.zeros((), jnp.int32), teacher)
+
+  def advance(self) -> TrainState:
+    """The state with `step + 1` (the end of a trainer step)."""
+    return self.replace(step=_next_step(self.step))
+
+
+# One compiled increment for every step (its operand may be a global array over several processes).
+_next_step = jax.jit(lambda step: step + 1)

@@ -44,8 +44,7 @@ def test_rl_step_trains_only_adapters_with_kl_zero_at_start(tmp_path):
   assert sum(s != () for s in opt_shapes) == 2 * n  # Adam's mu and nu, nothing for the base
   # The frozen base travels as an argument of the compiled update (not a baked-in constant).
   lowered = tr.rl_update.lower(
-    tr.params,
-    jax.eval_shape(tr.rl_tx.init, tr.params),
+    tr.abstract_state(tr.rl_tx),
     __import__("postrain.train._memory", fromlist=["x"]).abstract_rl_batch(c),
     jax.ShapeDtypeStruct((), np.float32),
   )
