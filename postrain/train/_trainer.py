@@ -168,11 +168,15 @@ class Trainer:
     # What a step changes: parameters, optimiser state, step and the run's key (`TrainState`;
     # the compiled updates take and return it whole, donated).
     rng, step0 = mesh.replicate((jax.random.key(config.seed), np.int32(0)))
+    # OPD / MOPD with teacher.source="ema": the teacher's parameters are part of the state, from
+    # the start (a copy of the student, set again when distillation starts after SFT).
+    ema = config.mode in ("opd", "mopd") and config.teacher.source == "ema"
     self.state = TrainState(
       params=params,
       opt_state=mesh.init_opt_state(self.sft_tx if self.sft_steps else self.rl_tx, params, p_sh),
       rng=rng,
       step=step0,
+      teacher=jax.tree.map(jnp.copy, params) if ema else None,
     )
     impl = config.model.logprob_impl
     self.sft_update = mesh.shard_state_update(
@@ -184,7 +188,7 @@ class Trainer:
         counts_fn=_update.sft_counts,
         microbatch_rows=config.sft.microbatch_rows,
       ),
-      mesh.state_shardings(self.sft_tx, params, p_sh),
+      mesh.state_shardings(self.sft_tx, params, p_sh, teacher=ema),
       **self._rest_kwargs(),
     )
     rl = config.rl
@@ -213,7 +217,7 @@ class Trainer:
         microbatch_rows=rl.microbatch_rows,
         group_size=rl.group_size,
       ),
-      mesh.state_shardings(self.rl_tx, params, p_sh),
+      mesh.state_shardings(self.rl_tx, params, p_sh, teacher=ema),
       **self._rest_kwargs(),
     )
     self.base_logprobs = None
@@ -331,9 +335,7 @@ class Trainer:
 
   def abstract_state(self, tx: Any) -> TrainState:
     """The `TrainState` of shapes and dtypes the update with optimiser `tx` takes (for `.lower`)."""
-    return jax.eval_shape(
-      lambda s: s.replace(opt_state=tx.init(s.params)), self.state.replace(teacher=None)
-    )
+    return jax.eval_shape(lambda s: s.replace(opt_state=tx.init(s.params)), self.state)
 
   # -- state -----------------------------------------------------------------------------------
 
@@ -359,11 +361,12 @@ class Trainer:
     return self.mesh.replicate(np.int32(step))
 
   def _state(self) -> dict[str, Any]:
+    """What a checkpoint holds (the step and key are in its metadata)."""
     state = {"params": self.params, "opt_state": self.opt_state}
     if self.ref_params is not None:
       state["ref_params"] = self.ref_params
-    if self.distiller is not None:
-      state.update(self.distiller.state())
+    if self.state.teacher is not None:  # OPD / MOPD's EMA teacher
+      state["teacher_params"] = self.state.teacher
     return state
 
   def _save(self, *, force: bool = False) -> None:
@@ -392,8 +395,8 @@ class Trainer:
       params=state["params"], opt_state=state["opt_state"], step=self._device_step(step)
     )
     self.ref_params = state.get("ref_params")
-    if self.distiller is not None:
-      self.distiller.restore(state)
+    if "teacher_params" in state:
+      self.state = self.state.replace(teacher=state["teacher_params"])
     _LOG.info("resumed from step %d", self.step)
 
   def _check_base(self, meta: dict[str, Any]) -> None:
@@ -412,7 +415,7 @@ class Trainer:
     if self.config.rl.kl_coef > 0 and not self.lora:
       self.ref_params = jax.tree.map(jnp.copy, self.params)
     if self.distiller is not None:
-      self.distiller.enter(self.params)
+      self.state = self.state.replace(teacher=self.distiller.initial_teacher(self.params))
 
   # -- steps -----------------------------------------------------------------------------------
 
