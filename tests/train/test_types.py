@@ -24,7 +24,7 @@ def _batch(b=4, t=3):
 
 def test_rl_batch_is_a_pytree_with_optional_fields_empty():
   batch = RLBatch.of(_batch())
-  assert len(jax.tree.leaves(batch)) == 7  # ref_logp and is_weights are None: no leaves
+  assert len(jax.tree.leaves(batch)) == 7  # ref_logp, sampler_logp, is_weights None: no leaves
   doubled = jax.jit(lambda x: jax.tree.map(lambda a: a * 2, x))(batch)
   assert isinstance(doubled, RLBatch) and doubled.ref_logp is None
   np.testing.assert_array_equal(doubled.advantages, [0, 2, 4, 6])
