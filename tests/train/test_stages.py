@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from trainutil import REPO, load_config, run_cli
 
-from postrain.train import config, stages
-from postrain.train._rl_step import rl_batch
+from postrain.train import config, rl_batch, stages
 
 # -- the documented example: a length penalty on the rewards -----------------------------------
 
