@@ -27,7 +27,7 @@ from flax import nnx
 
 from postrain import losses, models
 from postrain.train import algorithms
-from postrain.train._types import RLBatch
+from postrain.train._types import RLBatch, TrainState
 
 
 def make_optimizer(
@@ -235,26 +235,21 @@ def accumulated_grads(
   return grads, aux
 
 
-def make_update(
+def optimizer_step(
   loss_fn: Callable[..., Any],
   tx: optax.GradientTransformation,
   graphdef,
-  rest,
   *,
   counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
   microbatch_rows: int = 0,
   group_size: int = 1,
-):
-  """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
-  optimiser step on the batch, its gradient accumulated over micro-batches of `microbatch_rows`
-  rows when that is set (`accumulated_grads`).
+) -> Callable[..., Any]:
+  """The pure (unjitted) `(params, opt_state, rest, batch, *extra) -> (params, opt_state, aux)`:
+  one optimiser step of `tx` on the gradient of `loss_fn` over the batch, accumulated over
+  micro-batches of `microbatch_rows` rows when that is set (`accumulated_grads`); aux gains the
+  gradient's global norm "grad_norm"."""
 
-  `rest=None` (LoRA): the model's other state is an argument, not a constant of the compiled
-  step: `(params, opt_state, rest, batch, *extras)`, where params are the trainable adapters and
-  rest the frozen (possibly quantised) base with the non-parameter state; only params get
-  gradients and optimiser state."""
-
-  def _step(params, opt_state, rest, batch, *extra):
+  def step(params, opt_state, rest, batch, *extra):
     grads, aux = accumulated_grads(
       loss_fn,
       params,
@@ -271,17 +266,93 @@ def make_update(
     aux = dict(aux, grad_norm=optax.tree.norm(grads))
     return params, opt_state, aux
 
+  return step
+
+
+def make_update(
+  loss_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  graphdef,
+  rest,
+  *,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+):
+  """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
+  optimiser step on the batch (`optimizer_step`), for code that keeps params and optimiser state
+  apart (the trainer itself uses `make_state_update` over its `TrainState`).
+
+  `rest=None` (LoRA): the model's other state is an argument, not a constant of the compiled
+  step: `(params, opt_state, rest, batch, *extras)`, where params are the trainable adapters and
+  rest the frozen (possibly quantised) base with the non-parameter state; only params get
+  gradients and optimiser state."""
+  step = optimizer_step(
+    loss_fn,
+    tx,
+    graphdef,
+    counts_fn=counts_fn,
+    microbatch_rows=microbatch_rows,
+    group_size=group_size,
+  )
+
   if rest is None:
 
     @jax.jit
     def update_with_rest(params, opt_state, rest, batch, *extra):
-      return _step(params, opt_state, rest, batch, *extra)
+      return step(params, opt_state, rest, batch, *extra)
 
     return update_with_rest
 
   @jax.jit
   def update(params, opt_state, batch, *extra):
-    return _step(params, opt_state, rest, batch, *extra)
+    return step(params, opt_state, rest, batch, *extra)
+
+  return update
+
+
+def make_state_update(
+  loss_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  graphdef,
+  rest,
+  *,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+  after: Callable[[TrainState], TrainState] | None = None,
+):
+  """The pure (unjitted) `update(state, batch, *extra) -> (state, aux)` over a `TrainState`: one
+  optimiser step (`optimizer_step`) of `state.params` / `state.opt_state`, then `after(state)`
+  (OPD / MOPD: the EMA teacher follows the new parameters). `state.step` is left alone: it
+  counts trainer steps, and one trainer step may make several updates (`TrainState`).
+
+  Jit it with the state donated (`sharding.shard_state_update`, `MeshContext.shard_state_update`).
+  `rest=None` (LoRA): `update(state, rest, batch, *extra)`, the frozen base an argument of the
+  compiled update, never part of the (donated) state nor a constant."""
+  step = optimizer_step(
+    loss_fn,
+    tx,
+    graphdef,
+    counts_fn=counts_fn,
+    microbatch_rows=microbatch_rows,
+    group_size=group_size,
+  )
+
+  def apply(state, frozen, batch, extra):
+    params, opt_state, aux = step(state.params, state.opt_state, frozen, batch, *extra)
+    state = state.replace(params=params, opt_state=opt_state)
+    return (state if after is None else after(state)), aux
+
+  if rest is None:
+
+    def update_with_rest(state, rest, batch, *extra):
+      return apply(state, rest, batch, extra)
+
+    return update_with_rest
+
+  def update(state, batch, *extra):
+    return apply(state, rest, batch, extra)
 
   return update
 

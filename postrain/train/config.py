@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections as mlc
 
 from postrain import sharding, tasks
-from postrain.train import algorithms
+from postrain.train import algorithms, stages
 
 MODES = ("sft", "rl", "opd", "mopd")
 # The registry's algorithms (postrain/train/algorithms.py); `rl.algorithm` may also name a user's
@@ -153,16 +153,10 @@ def base_config() -> mlc.ConfigDict:
   c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of SFT rows that are curriculum examples
   c.rl.scrl_num_subproblems = 0  # SCRL: keep the last K subproblems of each chain (0: all)
   algorithms.add_sections(c.rl)  # each algorithm's own hyperparameters: rl.sapo.tau_pos, ...
-  c.rl.temporal = mlc.ConfigDict()
-  c.rl.temporal.enabled = False
-  c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
-  c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
-  # SMEPO (arXiv 2605.25198): masked expert traces in front of a fraction of the RL prompts.
-  c.rl.smepo = mlc.ConfigDict()
-  c.rl.smepo.enabled = False
-  c.rl.smepo.fraction = 1.0  # of each step's prompts (the paper's code guides all of them)
-  c.rl.smepo.template = "auto"  # or a format string with {prompt} and {trace}
-  c.rl.smepo.prefix_ratio = 1.0  # share of the masked trace shown
+  # The optional stages' own sub-configs (train/stages.py: rl.smepo, rl.temporal, ...) and the
+  # user's stages ("package.module:ENTRY", added by `stages.use` in a config file).
+  stages.add_sections(c.rl)
+  c.rl.stages = ()
 
   # F-TIS (arXiv 2605.22537): RL on rollouts written by another model (`python -m
   # postrain.train.generate`), with capped IS weights and the KL filter (postrain/train/_distill.py).
@@ -311,6 +305,7 @@ def validate(c: mlc.ConfigDict) -> None:
     "needs an environment (config.env.name) to demonstrate",
   )
   algorithms.validate(c, need)  # the name, the advantage estimator, the algorithm's own checks
+  stages.validate(c, need)  # the optional stages' own checks (rl.smepo.*, a user's stages)
   need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
   need(
     c.rl.group_size >= 2,
@@ -448,14 +443,6 @@ def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:
   d = c.distributed
   need(d.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0: from the environment)")
   need(d.process_id >= -1, "distributed.process_id", "must be >= 0, or -1 (from the environment)")
-  need(0 <= c.rl.smepo.fraction <= 1, "rl.smepo.fraction", "must be in [0, 1]")
-  need(0 <= c.rl.smepo.prefix_ratio <= 1, "rl.smepo.prefix_ratio", "must be in [0, 1]")
-  need(
-    c.rl.smepo.template == "auto"
-    or ("{prompt}" in c.rl.smepo.template and "{trace}" in c.rl.smepo.template),
-    "rl.smepo.template",
-    "must be 'auto' or contain the fields {prompt} and {trace}",
-  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:

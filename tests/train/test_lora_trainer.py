@@ -44,8 +44,7 @@ def test_rl_step_trains_only_adapters_with_kl_zero_at_start(tmp_path):
   assert sum(s != () for s in opt_shapes) == 2 * n  # Adam's mu and nu, nothing for the base
   # The frozen base travels as an argument of the compiled update (not a baked-in constant).
   lowered = tr.rl_update.lower(
-    tr.params,
-    jax.eval_shape(tr.rl_tx.init, tr.params),
+    tr.abstract_state(tr.rl_tx),
     __import__("postrain.train._memory", fromlist=["x"]).abstract_rl_batch(c),
     jax.ShapeDtypeStruct((), np.float32),
   )
@@ -53,9 +52,21 @@ def test_rl_step_trains_only_adapters_with_kl_zero_at_start(tmp_path):
   assert arg_leaves >= n + len(jax.tree.leaves(tr.rest))
   assert any(x.dtype == jax.numpy.uint4 for x in jax.tree.leaves(tr.rest))  # nf4 codes
   base_before = _leaves(tr.rest)
-  lora_before = _leaves(tr.params)
+  # Copies: a numpy view of a CPU buffer would keep the compiled update from donating it.
+  lora_before = [a.copy() for a in _leaves(tr.params)]
   tr._enter_rl()
+  old = tr.state
   metrics = tr._rl_step()
+  # The compiled update took the whole state, donated (adapters, optimiser state, key, step), and
+  # the frozen base as a separate argument: the base's buffers are alive, the old state's are not.
+  alive = [
+    (jax.tree_util.keystr(k), x.shape, x.dtype, x.sharding)
+    for k, x in jax.tree_util.tree_flatten_with_path(old)[0]
+    if not x.is_deleted()
+  ]
+  assert not alive, alive
+  assert not any(x.is_deleted() for x in jax.tree.leaves(tr.rest))
+  assert int(tr.state.step) == 0  # the loop, not the step, advances it
   # Step 0: B = 0, so the policy is the base and the KL to the adapter-free base is 0.
   assert abs(metrics["kl_ref"]) < 1e-6, metrics["kl_ref"]
   assert np.isfinite(metrics["loss"])
