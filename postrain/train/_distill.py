@@ -265,6 +265,7 @@ class Distiller:
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
+        **_update.lora_dropout_kwargs(cfg, "distill"),
       ),
       p_sh,
       mesh.opt_shardings(tx, params, p_sh),
