@@ -12,7 +12,8 @@ The public surface (code outside postrain/train/ imports these, never a `postrai
     `RLStepParts`, the typed update batch `RLBatch`;
   * step builders: `make_optimizer`, `make_state_update` (`update(state, batch, *extra) ->
     (state, aux)`), `make_update` (the same over separate params / optimiser state), `rl_loss`
-    with its static `RLSpec`, `sft_loss`, `make_logprob_fn`;
+    with its static `RLSpec`, `sft_loss`, `make_logprob_fn`, `lora_dropout_kwargs` (LoRA
+    adapter dropout of an update);
   * data and rollouts: `TaskData`, `load_task_data`, `sft_batch`, `step_problems`,
     `sample_rollouts`, `score_rollouts`, `rl_batch`, `evaluate`;
   * files: `Checkpointer`, `abstract_like`, `check_workdir_config`, `MetricsWriter`, `read_jsonl`.
@@ -31,6 +32,7 @@ from postrain.train._trainer import Trainer, build_model, train
 from postrain.train._types import RLBatch, TrainState
 from postrain.train._update import (
   RLSpec,
+  lora_dropout_kwargs,
   make_logprob_fn,
   make_optimizer,
   make_state_update,
@@ -61,6 +63,7 @@ __all__ = [
   "evaluate",
   "load_run",
   "load_task_data",
+  "lora_dropout_kwargs",
   "make_logprob_fn",
   "make_optimizer",
   "make_state_update",

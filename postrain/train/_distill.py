@@ -274,6 +274,7 @@ class Distiller:
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
         after=functools.partial(ema_step, decay=t.ema_decay) if self.ema else None,
+        **_update.lora_dropout_kwargs(cfg, "distill"),
       ),
       mesh.state_shardings(tx, params, param_shardings, teacher=self.ema),
       # LoRA: the frozen base is an argument of the compiled update.

@@ -23,6 +23,31 @@ MODEL_SOURCES = ("scratch", "hf", "gguf")
 TOKENIZERS = ("sentencepiece", "hf", "gguf")
 
 
+def lora_config() -> mlc.ConfigDict:
+  """`config.model.lora`'s defaults (the trainer's and self-play's): rank 0 = off."""
+  lora = mlc.ConfigDict()
+  lora.rank = 0
+  lora.alpha = 0.0  # scale alpha / rank; 0 = rank (scale 1)
+  # Regexes (re.search) over projection paths such as "layers/3/attn/q", "layers/3/mlp/down".
+  lora.targets = (r"attn/(q|k|v|o)$", r"mlp/(gate|up|down)$")
+  # Adapter dropout on the adapters' input in the training forward only (PEFT's lora_dropout).
+  lora.dropout = 0.0
+  # Sampling from a merged copy (W + scale A B, built once per step) rather than applying the
+  # adapters at every decode step (measured faster: docs/benchmarks.md).
+  lora.sample_merged = True
+  return lora
+
+
+def validate_lora(c: mlc.ConfigDict) -> None:
+  """Raises ValueError naming the key for bad `config.model.lora` / `config.model.quantize`."""
+
+  def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}: {msg}")
+
+  _validate_lora(c, need)
+
+
 def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
@@ -78,15 +103,7 @@ def base_config() -> mlc.ConfigDict:
   # LoRA (`models.add_lora`): rank 0 = off (full fine-tuning). With rank r > 0 only the adapters
   # train (float32, with their optimiser state); the base is frozen, passed to the compiled
   # update as an argument, and with the adapters off it is the KL reference (no second copy).
-  c.model.lora = mlc.ConfigDict()
-  c.model.lora.rank = 0
-  c.model.lora.alpha = 0.0  # scale alpha / rank; 0 = rank (scale 1)
-  # Regexes (re.search) over projection paths such as "layers/3/attn/q", "layers/3/mlp/down".
-  c.model.lora.targets = (r"attn/(q|k|v|o)$", r"mlp/(gate|up|down)$")
-  c.model.lora.dropout = 0.0  # adapter dropout: only 0 is implemented
-  # Sampling from a merged copy (W + scale A B, built once per step) rather than applying the
-  # adapters at every decode step (measured faster: docs/benchmarks.md).
-  c.model.lora.sample_merged = True
+  c.model.lora = lora_config()
   # The frozen base's storage with LoRA: "none", "int8" (per channel) or "nf4" (QLoRA, blocks of
   # 64), qwix. Needs lora.rank > 0 (a quantised base cannot be trained).
   c.model.quantize = "none"
@@ -382,9 +399,14 @@ def _validate_lora(c: mlc.ConfigDict, need: Any) -> None:
   )
   need(lora.alpha >= 0, "model.lora.alpha", f"must be >= 0 (0 = rank), got {lora.alpha}")
   need(
-    lora.dropout == 0,
+    isinstance(lora.dropout, int | float) and 0 <= lora.dropout < 1,
     "model.lora.dropout",
-    f"adapter dropout is not implemented; use 0.0, got {lora.dropout}",
+    f"must be in [0, 1), got {lora.dropout!r}",
+  )
+  need(
+    lora.dropout == 0 or lora.rank > 0,
+    "model.lora.dropout",
+    f"adapter dropout {lora.dropout} needs adapters; set model.lora.rank > 0",
   )
   need(
     not isinstance(lora.targets, str) and len(lora.targets) > 0,
