@@ -51,13 +51,12 @@ def probe(args: argparse.Namespace) -> None:
   from flax import nnx
 
   from postrain import train
-  from postrain.train import _data
 
   c = _config(args.arg, args.overrides)
   c.mode, c.sft.steps, c.rl.steps, c.progress_bar = "sft", args.steps, 0, False
   trainer = train.Trainer(c, args.workdir)
   data, tok = trainer.data, trainer.data.tokenizer
-  batch = _data.sft_batch(data, data.test[:64], c.sft.max_len, tool_frac=1.0)
+  batch = train.sft_batch(data, data.test[:64], c.sft.max_len, tool_frac=1.0)
   tokens, valid = jnp.asarray(batch["tokens"]), jnp.asarray(batch["valid"])
   positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
   mask = batch["loss_mask"] > 0

@@ -1,7 +1,9 @@
 """No import cycles in postrain, counting imports inside functions: between modules, and between
-the top-level subpackages (postrain.models, postrain.sharding, ...; arrows point down)."""
+the top-level subpackages (postrain.models, postrain.sharding, ...; arrows point down); and no
+private `postrain.train._x` module imported outside `postrain/train/`."""
 
 import ast
+import json
 import os
 import pathlib
 
@@ -122,6 +124,47 @@ def test_pure_core_imports_no_model_sampling_or_trainer():
   edges = package_graph(import_graph())
   for core in ("postrain.losses", "postrain.advantages", "postrain.selection"):
     assert not edges[core] & {"postrain.models", "postrain.sampling", "postrain.train"}, core
+
+
+def private_train_imports(source: str) -> list[str]:
+  """The `postrain.train._x` modules a Python source imports (`import postrain.train._x`,
+  `from postrain.train._x import ...`, `from postrain.train import _x`), anywhere in it."""
+  out = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      out += [a.name for a in node.names if a.name.startswith("postrain.train._")]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      if node.module.startswith("postrain.train._"):
+        out.append(node.module)
+      elif node.module == "postrain.train":
+        out += [f"postrain.train.{a.name}" for a in node.names if a.name.startswith("_")]
+  return out
+
+
+def test_no_private_train_module_outside_postrain_train():
+  """The package, benchmarks, experiments, notebooks and configs use the trainer's public surface
+  (tests may reach into private modules)."""
+  sources = {}
+  for top in ("postrain", "benchmarks", "experiments", "configs", "kernels"):
+    for f in (REPO / top).rglob("*.py"):
+      if (REPO / "postrain" / "train") not in f.parents:
+        sources[f] = f.read_text(encoding="utf-8")
+  for nb in (REPO / "notebooks").rglob("*.ipynb"):
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    text = "\n".join("".join(c["source"]) for c in code)
+    sources[nb] = "\n".join(
+      ln for ln in text.splitlines() if not ln.lstrip().startswith(("!", "%"))
+    )
+  assert len(sources) > 50
+  found = {
+    str(f.relative_to(REPO)): m for f, s in sources.items() if (m := private_train_imports(s))
+  }
+  assert not found, f"private trainer modules imported: {found}"
+  assert private_train_imports("from postrain.train import _data, load_run") == [
+    "postrain.train._data"
+  ]
+  assert private_train_imports("import postrain.train._rl_step as s") == ["postrain.train._rl_step"]
 
 
 if __name__ == "__main__":
