@@ -46,6 +46,9 @@ def get_config(arg: str | None = None):
   c.model.overrides = dict(
     embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256
   )
+  # LoRA / QLoRA as in the trainer (README "LoRA / QLoRA"): rank > 0 trains only adapters.
+  c.model.lora = base.lora_config()
+  c.model.quantize = "none"  # "int8" / "nf4": the frozen base quantised (needs lora.rank > 0)
   c.sft = mlc.ConfigDict()
   c.sft.steps = 300
   c.sft.pool = 512  # generated tasks of the warm start (each runs in the sandbox)

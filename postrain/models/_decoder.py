@@ -11,7 +11,7 @@ from postrain._validation import check_rank, check_shape
 from postrain.models._cache import KVCache
 from postrain.models._config import ModelConfig
 from postrain.models._head import DEFAULT_HEAD_BLOCK, blocked_head, blocked_logits
-from postrain.models._layers import Block, RMSNorm, _init
+from postrain.models._layers import Block, RMSNorm, _init, lora_layer
 
 # Logical axes of the residual stream (`postrain.sharding.constrain`; identity outside
 # `sharding.activation_sharding`): rows over the batch mesh axes, width as `embed_act` says.
@@ -51,12 +51,14 @@ def _remat_blocks(layers, x, positions, valid, policy: str):
   graphdef = nnx.graphdef(layers[0])
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
 
-  def body(x, state):
-    y = nnx.merge(graphdef, state)(x, positions, valid, None, 0)[0]
+  def body(x, state_index):
+    state, index = state_index
+    with lora_layer(index):  # LoRA dropout keys per block
+      y = nnx.merge(graphdef, state)(x, positions, valid, None, 0)[0]
     return constrain(y, _RESIDUAL), None
 
   body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
-  return jax.lax.scan(body, x, stacked)[0]
+  return jax.lax.scan(body, x, (stacked, jnp.arange(len(layers))))[0]
 
 
 class Decoder(nnx.Module):
@@ -129,7 +131,8 @@ class Decoder(nnx.Module):
     if layer_cache is None and cfg.remat != "none":
       return self.final_norm(_remat_blocks(self.layers, x, positions, valid, cfg.remat)), None
     for i, layer in enumerate(self.layers):
-      x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
+      with lora_layer(i):  # LoRA dropout keys per block
+        x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
       x = constrain(x, _RESIDUAL)
       if layer_cache is not None:
         layer_cache = (k_cache, v_cache, *layer_cache[2:])

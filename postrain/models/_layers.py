@@ -44,6 +44,38 @@ def abstract_params():
 _LORA_OFF = contextvars.ContextVar("lora_off", default=False)
 
 
+# LoRA adapter dropout (`models.lora.lora_dropout`), set while a training forward pass is traced:
+# (rate, the step's key) or None; `_LORA_LAYER` the index of the block being traced (an int, or a
+# traced int inside the remat scan).
+_LORA_DROPOUT = contextvars.ContextVar("lora_dropout", default=None)
+_LORA_LAYER = contextvars.ContextVar("lora_layer", default=0)
+# The adapter sites of a block, in the order their index is folded into the dropout key.
+LORA_SITES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@contextlib.contextmanager
+def lora_layer(index):
+  """While block `index` is traced: its adapters' dropout keys fold in `index`."""
+  token = _LORA_LAYER.set(index)
+  try:
+    yield
+  finally:
+    _LORA_LAYER.reset(token)
+
+
+def lora_dropout_key(key: jax.Array, layer, name: str) -> jax.Array:
+  """The dropout key of adapter `name` (`LORA_SITES`) of block `layer` under the step's `key`:
+  fold_in(fold_in(key, layer), site index)."""
+  return jax.random.fold_in(jax.random.fold_in(key, layer), LORA_SITES.index(name))
+
+
+def dropout_input(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """Inverted dropout (`nnx.Dropout` / `torch.nn.Dropout` in training): each element kept with
+  probability 1 - rate and scaled by 1 / (1 - rate), else 0."""
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 def weight(param: nnx.Param, dtype: jnp.dtype) -> jax.Array:
   """A projection weight in `dtype`: the array itself, or a quantised base weight (a qwix `QArray`,
   `models.quantize_base`) dequantised."""
@@ -58,13 +90,20 @@ def weight(param: nnx.Param, dtype: jnp.dtype) -> jax.Array:
 def adapt(module: nnx.Module, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
   """y + scale * (x @ A @ B) reshaped like y, when `module` holds a LoRA adapter for its weight
   `name` (attribute `{name}_lora`, an `nnx.LoRA` with a static `scale` = alpha / rank); else y.
+  Under `models.lora.lora_dropout(rate, key)`: y + scale * (dropout(x) @ A @ B), the mask drawn
+  with `lora_dropout_key(key, block index, name)`.
 
   x: the projection's input with its input axes flattened last ([B, T, in]); y: its output.
   """
   adapter = getattr(module, f"{name}_lora", None)
   if adapter is None or _LORA_OFF.get():
     return y
-  delta = adapter(x.astype(y.dtype))
+  x = x.astype(y.dtype)
+  drop = _LORA_DROPOUT.get()
+  if drop is not None:  # training forward with adapter dropout: on the adapter's input only
+    rate, key = drop
+    x = dropout_input(x, rate, lora_dropout_key(key, _LORA_LAYER.get(), name))
+  delta = adapter(x)
   return y + (adapter.scale * delta).astype(y.dtype).reshape(y.shape)
 
 

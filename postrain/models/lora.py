@@ -38,7 +38,15 @@ import numpy as np
 from flax import nnx
 
 from postrain.models._decoder import Decoder
-from postrain.models._layers import _LORA_OFF, abstract_params, weight
+from postrain.models._layers import (  # noqa: F401
+  _LORA_DROPOUT,
+  _LORA_OFF,
+  LORA_SITES,
+  abstract_params,
+  dropout_input,
+  lora_dropout_key,
+  weight,
+)
 from postrain.models._safetensors import save_file
 
 # Parameter-path regexes (`re.search` over "layers/0/attn/q"-style paths) of the default targets:
@@ -193,6 +201,39 @@ def lora_disabled():
       yield
     finally:
       _LORA_OFF.reset(token)
+
+  return ctx()
+
+
+def lora_dropout(rate: float, key: jax.Array):
+  """Context manager: while a forward pass is traced inside it, every adapter's input is dropped
+  out (training only; the trainer enters it in the update's loss, never for old / reference
+  log-probs, sampling or evaluation):
+
+      y = x W + (alpha / r) · dropout(x) A B,   dropout(x) = x · m / (1 - rate),  m ~ Bernoulli(1 - rate)
+
+  the semantics of PEFT's `lora_dropout` (`lora_B(lora_A(dropout(x))) * scaling`, an
+  `nn.Dropout` on the adapter branch only) and of qwix's `LoraProvider(dropout=)` (an
+  `nnx.Dropout` on the adapter's input): the base path W x sees the undropped x, and each adapted
+  projection draws its own mask. The mask of adapter `name` in block `i` is drawn with
+  `lora_dropout_key(key, i, name)` = fold_in(fold_in(key, i), `LORA_SITES.index(name)`), so it is
+  a function of `key` alone (the same on any mesh, with or without remat). rate 0: no-op.
+  """
+  import contextlib
+
+  if not 0.0 <= float(rate) < 1.0:
+    raise ValueError(f"config.model.lora.dropout: must be in [0, 1), got {rate}.")
+
+  @contextlib.contextmanager
+  def ctx():
+    if float(rate) == 0.0:
+      yield
+      return
+    token = _LORA_DROPOUT.set((float(rate), key))
+    try:
+      yield
+    finally:
+      _LORA_DROPOUT.reset(token)
 
   return ctx()
 

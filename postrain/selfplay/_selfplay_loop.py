@@ -24,6 +24,12 @@ indicators (`selfplay.selfplay_metrics`: unique-output rate, trivial-output rate
 rate, solver vote share and intrinsic–grounded gap), rewards, and held-out solver accuracy on
 fixed generated tasks (greedy), `val/accuracy`. The model starts from scratch and is warm-started
 by SFT on generated seed tasks of both roles; parameters are checkpointed with orbax at the end.
+
+LoRA / QLoRA (`config.model.lora`, `config.model.quantize`: the trainer's keys and semantics):
+the warm start and both roles' updates train only the adapters over the frozen (optionally int8 /
+NF4) base, which is an argument of the compiled updates; sampling uses a merged copy
+(`model.lora.sample_merged`, else adapters on the fly); the checkpoint holds only the adapters
+and the base's SHA-256, and `postrain.train.load_run(workdir)` returns base + adapters merged.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from postrain.sampling import Sampler
 from postrain.selfplay import _dsl_tasks, _python_tasks
 from postrain.tasks import selfplay
 from postrain.train import TaskData
+from postrain.train.config import validate_lora
 
 GATE_MODES = ("strict", "off")
 SOLVER_REWARDS = ("grounded", "intrinsic")
@@ -111,6 +118,8 @@ def validate(c: mlc.ConfigDict) -> None:
   need(c.proposals % c.group_size == 0, "proposals", "must be a multiple of group_size")
   need(c.solver_tasks >= 1 and c.steps >= 0 and c.sft.steps >= 0, "steps", "must be >= 0")
   need(c.cache_size > c.max_new_tokens, "cache_size", "must exceed max_new_tokens")
+  if "lora" in c.model or "quantize" in c.model:  # config.model.lora / quantize: the trainer's keys
+    validate_lora(c)
 
 
 def gate_proposals(
@@ -178,22 +187,34 @@ class SelfPlay:
     )
     cfg = models.get_config(config.model.name, vocab_size=tok.vocab_size, **config.model.overrides)
     model = models.Decoder(cfg, rngs=nnx.Rngs(config.seed))
-    self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-    self.sampler = Sampler(model, cache_size=config.cache_size)
+    # config.model.lora (rank > 0): params are the adapters, `rest` the frozen (optionally
+    # quantised) base, an argument of the compiled updates (as in the trainer).
+    self.lora = _lora_enabled(config)
+    self.base_info = _add_lora(config, model) if self.lora else None
+    if self.lora:
+      self.graphdef, self.params, base, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+      self.rest = nnx.merge_state(base, rest)
+    else:
+      self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+    merged = self.lora and config.model.lora.sample_merged
+    self._policy = _policy_fn(self.graphdef, self.params, self.rest, merged=merged)
+    self.sampler = Sampler(self._policy(self.params), cache_size=config.cache_size)
     opt = dict(warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.01, b1=0.9, b2=0.98, grad_clip=1.0)
     self.sft_tx = train_lib.make_optimizer(lr=config.sft.lr, steps=max(config.sft.steps, 1), **opt)
     self.rl_tx = train_lib.make_optimizer(lr=config.lr, steps=max(2 * config.steps, 1), **opt)
-    self.sft_update = train_lib.make_update(
-      functools.partial(train_lib.sft_loss, impl="chunked"), self.sft_tx, self.graphdef, self.rest
-    )
+    self.sft_update = self._with_rest(train_lib.make_update(
+      functools.partial(train_lib.sft_loss, impl="chunked"), self.sft_tx, self.graphdef,
+      None if self.lora else self.rest, **train_lib.lora_dropout_kwargs(config, "sft"),
+    ))  # fmt: skip
     spec = train_lib.RLSpec(
       algorithm="grpo", group_size=config.group_size, eps_low=0.2, eps_high=0.28, dual_clip=None,
       agg="token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
       conspo_tau=10.0, logprob_impl="chunked",
     )  # fmt: skip
-    self.rl_update = train_lib.make_update(
-      functools.partial(train_lib.rl_loss, spec=spec), self.rl_tx, self.graphdef, self.rest
-    )
+    self.rl_update = self._with_rest(train_lib.make_update(
+      functools.partial(train_lib.rl_loss, spec=spec), self.rl_tx, self.graphdef,
+      None if self.lora else self.rest, **train_lib.lora_dropout_kwargs(config, "rl"),
+    ))  # fmt: skip
     self.rl_cfg = mlc.ConfigDict(
       dict(group_size=config.group_size, adv_scale="group", dynamic_sampling=False,
            temporal=dict(enabled=False))
@@ -207,8 +228,17 @@ class SelfPlay:
 
   # -- helpers ---------------------------------------------------------------------------------
 
+  def _with_rest(self, update: Callable[..., Any]) -> Callable[..., Any]:
+    """`(params, opt_state, batch, *extra)`; with LoRA the frozen base is passed as `update`'s
+    argument (`make_update(..., rest=None)`), never a constant of the compiled step."""
+    if not self.lora:
+      return update
+    return lambda params, opt_state, batch, *extra: update(
+      params, opt_state, self.rest, batch, *extra
+    )
+
   def _sample(self, prompts: list[str], *, n: int, temperature: float, key: jax.Array):
-    self.sampler.update(nnx.merge(self.graphdef, self.params, self.rest))
+    self.sampler.update(self._policy(self.params))
     ids = [self.data.encode_prompt(p) for p in prompts]
     out, texts, _ = train_lib.sample_rollouts(
       self.sampler, self.data, ids, key=key, n=n, max_new_tokens=self.c.max_new_tokens,
@@ -347,13 +377,46 @@ class SelfPlay:
     bar.close()
     writer.close()
     ckpt = train_lib.Checkpointer(os.path.join(self.workdir, "checkpoints"), every=1, keep=1)
-    ckpt.maybe_save(c.steps, {"params": self.params}, {"step": c.steps}, force=True)
+    # With LoRA: only the adapters, and the base they fit (`train.load_run` rebuilds it).
+    meta = {"step": c.steps, **({"lora_base": self.base_info} if self.lora else {})}
+    ckpt.maybe_save(c.steps, {"params": self.params}, meta, force=True)
     ckpt.close()
     report["final_pool"] = selfplay.selfplay_metrics(self.pool)
     with open(os.path.join(self.workdir, "report.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
     plot(os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "selfplay.png"))
     return report
+
+
+def _lora_enabled(c: mlc.ConfigDict) -> bool:
+  lora = c.model.get("lora", None)
+  return lora is not None and lora.rank > 0
+
+
+def _add_lora(c: mlc.ConfigDict, model: nnx.Module) -> dict[str, Any]:
+  """`config.model.lora`'s adapters on `model` (in place) and its base quantised as
+  `config.model.quantize` says; returns the base's pointer (its SHA-256 before both)."""
+  info = {"name": c.model.name, "quantize": c.model.quantize, "sha256": models.base_sha256(model)}
+  lora = c.model.lora
+  models.add_lora(
+    model, rank=int(lora.rank), alpha=float(lora.alpha) or None, targets=tuple(lora.targets),
+    seed=c.seed,
+  )  # fmt: skip
+  models.quantize_base(model, c.model.quantize)
+  return info
+
+
+def _policy_fn(
+  graphdef: Any, params: Any, rest: Any, *, merged: bool
+) -> Callable[[Any], nnx.Module]:
+  """params -> the model the sampler runs: the policy itself, or with LoRA a plain decoder with
+  the adapters merged in (`models.merge_lora`, one jitted merge per call; the trainer's default
+  `model.lora.sample_merged`)."""
+  if not merged:
+    return lambda params: nnx.merge(graphdef, params, rest)
+  plain = nnx.graphdef(nnx.eval_shape(lambda: models.merge_lora(nnx.merge(graphdef, params, rest))))
+  merge = jax.jit(lambda lo, fr: nnx.state(models.merge_lora(nnx.merge(graphdef, lo, fr))))
+  return lambda params: nnx.merge(plain, merge(params, rest))
 
 
 def plot(jsonl_path: str, png_path: str) -> None:

@@ -26,6 +26,7 @@ from postrain.sharding._jit import (
   constrain,
   shard_batch_fn,
   shard_logprob_fn,
+  shard_state_update,
   shard_update,
 )
 from postrain.sharding._mesh import BATCH_AXES, MESH_AXES, make_mesh, replicated
@@ -72,5 +73,6 @@ __all__ = [
   "sampler_shardings",
   "shard_batch_fn",
   "shard_logprob_fn",
+  "shard_state_update",
   "shard_update",
 ]

@@ -47,6 +47,61 @@ def check_batch(batch: Any, sharding: NamedSharding, name: str = "batch") -> Non
       )
 
 
+def shard_state_update(
+  update_fn: Callable[..., Any],
+  state_shardings: Any,
+  batch_sharding_: NamedSharding,
+  *,
+  donate: bool = True,
+  logical_rules: Sequence[LogicalRule] | None = None,
+  rest_shardings: Any = None,
+) -> Callable[..., Any]:
+  """`update_fn(state, batch, *extra) -> (state, aux)` jitted with explicit shardings: the state
+  (any pytree, e.g. a `train.TrainState`) keeps `state_shardings` in and out, every batch array
+  is split on dimension 0, the extras (scalars such as the ConSPO margin) and the aux metrics are
+  replicated. With `donate`, the old state's buffers are reused for the new.
+  `logical_rules` are those `constrain` uses while the step is traced.
+
+  `rest_shardings` (LoRA): `update_fn(state, rest, batch, *extra)` takes the frozen base as an
+  argument (`rest=` of the call), in `rest_shardings`, never donated.
+  """
+  rep = replicated(batch_sharding_.mesh)
+  jits: dict[int, Any] = {}
+  with_rest = rest_shardings is not None
+  mid = (rest_shardings,) if with_rest else ()
+
+  def jitted(n_extra: int):
+    if n_extra not in jits:
+      jits[n_extra] = jax.jit(
+        _own_trace(update_fn),
+        in_shardings=(state_shardings, *mid, batch_sharding_) + (rep,) * n_extra,
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,) if donate else (),
+      )
+    return jits[n_extra]
+
+  def _rest(rest):
+    if with_rest != (rest is not None):
+      raise ValueError("`rest=` is required exactly when the update was built with rest_shardings.")
+    return (rest,) if with_rest else ()
+
+  def call(state, batch, *extra, rest=None):
+    check_batch(batch, batch_sharding_)
+    state, batch = _put(state, state_shardings), _put(batch, batch_sharding_)
+    extra, rest_arg = _put(extra, (rep,) * len(extra)), _put(_rest(rest), mid)
+    with activation_sharding(batch_sharding_.mesh, logical_rules):
+      return jitted(len(extra))(state, *rest_arg, batch, *extra)
+
+  def lower(state, batch, *extra, rest=None):
+    """The lowered computation for (abstract) arguments: `.compile().memory_analysis()`."""
+    check_batch(batch, batch_sharding_)
+    with activation_sharding(batch_sharding_.mesh, logical_rules):
+      return jitted(len(extra)).lower(state, *_rest(rest), batch, *extra)
+
+  call.lower = lower
+  return call
+
+
 def shard_update(
   update_fn: Callable[..., Any],
   param_shardings_: Any,
@@ -57,49 +112,36 @@ def shard_update(
   logical_rules: Sequence[LogicalRule] | None = None,
   rest_shardings: Any = None,
 ) -> Callable[..., Any]:
-  """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`train._update.make_update`)
-  jitted with explicit shardings: params / optimiser state keep theirs, every batch array is split
-  on dimension 0, the extras (scalars such as the ConSPO margin) and the aux metrics are
-  replicated. With `donate`, the old params and optimiser state buffers are reused for the new.
-  `logical_rules` are those `constrain` uses while the step is traced.
+  """`update_fn(params, opt_state, batch, *extra) -> (params, opt_state, aux)` (`train.make_update`)
+  jitted as `shard_state_update` does, the state being the pair (params, optimiser state): params
+  / optimiser state keep their shardings, the batch is split on dimension 0, extras and aux are
+  replicated, the old params and optimiser state donated. LoRA (`rest_shardings`):
+  `update_fn(params, opt_state, rest, batch, *extra)`, called with `rest=`.
   """
-  rep = replicated(batch_sharding_.mesh)
-  jits: dict[int, Any] = {}
-  # LoRA: `update_fn(params, opt_state, rest, batch, *extra)` takes the frozen base as an argument
-  # (`rest=` of the call), in `rest_shardings`, never donated.
-  with_rest = rest_shardings is not None
-  mid = (rest_shardings,) if with_rest else ()
 
-  def jitted(n_extra: int):
-    if n_extra not in jits:
-      jits[n_extra] = jax.jit(
-        _own_trace(update_fn),
-        in_shardings=(param_shardings_, opt_shardings, *mid, batch_sharding_) + (rep,) * n_extra,
-        out_shardings=(param_shardings_, opt_shardings, rep),
-        donate_argnums=(0, 1) if donate else (),
-      )
-    return jits[n_extra]
+  body = getattr(update_fn, "__wrapped__", update_fn)  # a jitted update: its Python function
 
-  def _rest(rest):
-    if with_rest != (rest is not None):
-      raise ValueError("`rest=` is required exactly when the update was built with rest_shardings.")
-    return (rest,) if with_rest else ()
+  def pair_fn(pair, *args):
+    params, opt_state, aux = body(*pair, *args)
+    return (params, opt_state), aux
+
+  pair_fn.__name__ = getattr(update_fn, "__name__", "update")
+  inner = shard_state_update(
+    pair_fn,
+    (param_shardings_, opt_shardings),
+    batch_sharding_,
+    donate=donate,
+    logical_rules=logical_rules,
+    rest_shardings=rest_shardings,
+  )
 
   def call(params, opt_state, batch, *extra, rest=None):
-    check_batch(batch, batch_sharding_)
-    params, opt_state = _put(params, param_shardings_), _put(opt_state, opt_shardings)
-    batch, extra = _put(batch, batch_sharding_), _put(extra, (rep,) * len(extra))
-    rest_arg = _put(_rest(rest), mid)
-    with activation_sharding(batch_sharding_.mesh, logical_rules):
-      return jitted(len(extra))(params, opt_state, *rest_arg, batch, *extra)
+    (params, opt_state), aux = inner((params, opt_state), batch, *extra, rest=rest)
+    return params, opt_state, aux
 
-  def lower(params, opt_state, batch, *extra, rest=None):
-    """The lowered computation for (abstract) arguments: `.compile().memory_analysis()`."""
-    check_batch(batch, batch_sharding_)
-    with activation_sharding(batch_sharding_.mesh, logical_rules):
-      return jitted(len(extra)).lower(params, opt_state, *_rest(rest), batch, *extra)
-
-  call.lower = lower
+  call.lower = lambda params, opt_state, batch, *extra, rest=None: inner.lower(
+    (params, opt_state), batch, *extra, rest=rest
+  )
   return call
 
 

@@ -20,7 +20,9 @@ SFT trains on dataset prefixes, RL and OPD/MOPD on the learner's own samples. On
        "pg"          sampled-token policy gradient with r_t = log π_t − log π_s (`losses.opd_pg_loss`)
      weighted by MOPD's truncated ratio ρ_t = min(exp(log π_θ − log π_old), `distill.is_clip`)
      (Step E; 1 at the first minibatch) and by the release weights;
-  6. EMA teacher update when `teacher.source == "ema"`.
+  6. EMA teacher update when `teacher.source == "ema"`: the teacher's parameters are the
+     `TrainState.teacher` field, moved by the same compiled update after each optimiser step
+     (`teacher ← decay · teacher + (1 − decay) · params`), checkpointed with the state.
 
 The step (`_distill_local.py`) has one code path for one process and many: each process samples
 and prepares only its share of the groups, and one teacher pass scores the global batch.
@@ -196,14 +198,23 @@ def make_teacher_fn(
   return jax.jit(fn) if jit else fn
 
 
+def ema_step(state: Any, *, decay: float) -> Any:
+  """The EMA teacher follows the student after an optimiser step (`losses.ema_update`):
+  `state.teacher ← decay · state.teacher + (1 − decay) · state.params`."""
+  return state.replace(teacher=losses.ema_update(state.teacher, state.params, decay))
+
+
 # ------------------------------------------------------------------------------------ host side
 
 
 class Distiller:
   """The teacher and the OPD / MOPD step (created by the `Trainer` for modes opd / mopd).
 
-  It holds the teacher (its parameters: the EMA teacher's change every update) and the jitted
-  teacher pass and update; the student's state is passed in and returned by `step`."""
+  It holds a fixed teacher (`teacher.source` "workdir" / "hf" / "gguf": its parameters
+  `teacher_params`) and the jitted teacher pass and update; the student's state is passed in and
+  returned by `step`. The EMA teacher (`teacher.source="ema"`) changes every update, so its
+  parameters are not held here: they are the state's `teacher` field (`TrainState`), and the
+  compiled update moves them (a pure function of the state)."""
 
   def __init__(
     self,
@@ -228,13 +239,11 @@ class Distiller:
     student_vocab = int(student.cfg.vocab_size)
     self.ema = t.source == "ema"
     self.info: dict[str, Any] = {}
+    self.teacher_params = None  # the fixed teacher's; the EMA teacher's live in the state
     if self.ema:
       self.t_graphdef, self.t_rest, vmap = graphdef, rest, None
-      self.teacher_params = jax.tree.map(jnp.copy, params)
+      # The state's teacher keeps the student's shardings (the sharded teacher pass's).
       self.t_param_shardings = param_shardings
-      # Several processes: the EMA keeps the student's shardings (the sharded teacher pass's).
-      out_sh = dict(out_shardings=param_shardings) if mesh.multi_process else {}
-      self.ema_update = jax.jit(lambda tp, sp: losses.ema_update(tp, sp, t.ema_decay), **out_sh)
     else:
       model, vmap, self.info = _teacher.build_teacher(cfg, student_vocab=student_vocab)
       if mesh.multi_process:  # each process holds only its shards of the teacher
@@ -255,9 +264,8 @@ class Distiller:
     )
     if d.loss == "topk" and d.topk > student_vocab:
       raise ValueError(f"config.distill.topk={d.topk} exceeds the vocabulary ({student_vocab})")
-    p_sh = param_shardings
-    self.update = mesh.shard_update(
-      _update.make_update(
+    self.update = mesh.shard_state_update(
+      _update.make_state_update(
         functools.partial(distill_loss, spec=self.spec),
         tx,
         graphdef,
@@ -265,9 +273,10 @@ class Distiller:
         counts_fn=distill_counts,
         microbatch_rows=cfg.rl.microbatch_rows,
         group_size=cfg.rl.group_size,
+        after=functools.partial(ema_step, decay=t.ema_decay) if self.ema else None,
+        **_update.lora_dropout_kwargs(cfg, "distill"),
       ),
-      p_sh,
-      mesh.opt_shardings(tx, params, p_sh),
+      mesh.state_shardings(tx, params, param_shardings, teacher=self.ema),
       # LoRA: the frozen base is an argument of the compiled update.
       **({} if rest_shardings is None else dict(rest=rest, rest_sh=rest_shardings)),
     )
@@ -304,17 +313,14 @@ class Distiller:
 
       self.teacher_fn = teacher_fn
 
-  def state(self) -> dict[str, Any]:
-    return {"teacher_params": self.teacher_params} if self.ema else {}
+  def initial_teacher(self, params: Any) -> Any:
+    """The state's `teacher` field for student `params`: the EMA teacher starts as a copy of the
+    student (at construction, and again when distillation starts after SFT); None otherwise."""
+    return jax.tree.map(jnp.copy, params) if self.ema else None
 
-  def restore(self, state: dict[str, Any]) -> None:
-    if self.ema:
-      self.teacher_params = state["teacher_params"]
-
-  def enter(self, params: Any) -> None:
-    """Start of distillation: the EMA teacher starts as a copy of the (SFT-trained) student."""
-    if self.ema:
-      self.teacher_params = jax.tree.map(jnp.copy, params)
+  def teacher_of(self, state: Any) -> Any:
+    """The teacher's parameters at `state`: the state's EMA teacher or the fixed teacher's."""
+    return state.teacher if self.ema else self.teacher_params
 
   def step(
     self,

@@ -77,9 +77,7 @@ def distill_step(
   start = time.perf_counter()
   auxes = []
   for mb in mesh.device_minibatches(batch, rl.updates_per_batch):
-    state, aux = state.apply(dist.update, mb)
-    if dist.ema:
-      dist.teacher_params = dist.ema_update(dist.teacher_params, state.params)
+    state, aux = dist.update(state, mb)  # EMA teacher: moved inside (`_distill.ema_step`)
     auxes.append(aux)
   metrics.update(mesh.mean_metrics(auxes))
   update_s = time.perf_counter() - start
@@ -131,7 +129,7 @@ def local_batch(
       group_size=cfg.rl.group_size,
       d=d,
       # Group i of the batch draws its random peer order from seed + i: the global index.
-      seed=cfg.seed * 100_003 + state.step + group_offset,
+      seed=cfg.seed * 100_003 + int(state.step) + group_offset,
     )
     rows.update(has_peer=has_peer, t_len=np.asarray([len(p) for p in t_prompts], np.int32))
     rows = mesh.gather_rows(rows, num_rows)
@@ -155,7 +153,7 @@ def local_batch(
     rows = mesh.gather_rows(rows, num_rows)
     teacher_in = student
   tout = dist.teacher_fn(
-    dist.teacher_params,
+    dist.teacher_of(state),
     teacher_in["tokens"],
     teacher_in["valid"],
     state.params,

@@ -113,10 +113,11 @@ def ftis_batch(
   """
   mask = jnp.asarray(rollouts["response_mask"], jnp.float32)
   rewards = jnp.asarray(rollouts["rewards"], jnp.float32)
+  generator_logp = jnp.asarray(rollouts["generator_logp"], jnp.float32)
   adv = algorithms.ADVANTAGES[estimator](rewards, group_size=group_size, scale=adv_scale)
   res = advantages.ftis_correction(
     learner_logp,
-    jnp.asarray(rollouts["generator_logp"], jnp.float32),
+    generator_logp,
     adv,
     mask,
     cap=ftis.cap,
@@ -132,9 +133,10 @@ def ftis_batch(
     valid=jnp.asarray(rollouts["valid"]),
     mask=mask,
     loss_mask=mask,
-    old_logp=learner_logp,
+    old_logp=learner_logp,  # π_old: the learner, recomputed
     advantages=res.advantages,
     rewards=rewards,
+    sampler_logp=generator_logp,  # the generator that sampled them
     is_weights=res.is_weights,
   )
   metrics = {f"ftis_{k}": float(v) for k, v in res.metrics.items()}
@@ -182,7 +184,8 @@ class ForeignRollouts:
 
   def align_own(self, batch: RLBatch, width: int) -> dict[str, np.ndarray]:
     """Own rows (sampler layout, host or device arrays) -> numpy at prompt width `width`, with
-    `is_weights` = the response mask (generator = learner: ρ̄ = 1 on response tokens)."""
+    `is_weights` = the response mask and `sampler_logp` = `old_logp` (generator = learner: ρ̄ = 1
+    on response tokens)."""
     resp, fill = self.rl.max_new_tokens, self._fills()
     fields = batch.fields()
     own = {}
@@ -192,6 +195,7 @@ class ForeignRollouts:
         v = realign(v, resp, width, resp, fill.get(k, 0))
       own[k] = v
     own["is_weights"] = own["mask"]
+    own["sampler_logp"] = own["old_logp"]
     return own
 
   def foreign_block(

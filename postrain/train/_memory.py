@@ -105,7 +105,7 @@ def check_update_memory(
 
 def abstract_rl_batch(config: Any) -> Any:
   """Shapes of one RL minibatch at the longest rollout (T = rl.cache_size, the prompt plus the
-  response never exceed it): what `_rl_step.rl_batch` (+ ref_logp, F-TIS is_weights) builds."""
+  response never exceed it): what `_rl_step.rl_batch` (+ ref_logp, F-TIS sampler_logp and is_weights) builds."""
   import jax.numpy as jnp
 
   rl = config.rl
@@ -123,6 +123,7 @@ def abstract_rl_batch(config: Any) -> Any:
     advantages=f32(b, t) if rl.algorithm == "scrl" else f32(b),
     rewards=f32(b),
     ref_logp=f32(b, t) if rl.kl_coef > 0 else None,
+    sampler_logp=f32(b, t) if rl.ftis.path else None,
     is_weights=f32(b, t) if rl.ftis.path else None,
   )
 

@@ -20,8 +20,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from postrain import sharding
+from postrain import _device_put, sharding
 from postrain.train import _distributed
+from postrain.train._types import TrainState
 
 
 @dataclasses.dataclass
@@ -105,6 +106,44 @@ class MeshContext:
       params, opt_state, batch, *extra, rest=rest
     )
     return call
+
+  def shard_state_update(
+    self, update_fn: Callable[..., Any], state_sh: Any, rest: Any = None, rest_sh: Any = None
+  ) -> Callable:
+    """`update(state, batch, *extra) -> (state, aux)` (`_update.make_state_update`) jitted on the
+    mesh with the state donated and kept in `state_sh` (`state_shardings`); with `rest` (LoRA:
+    the frozen base, in `rest_sh`) the returned call passes it as an argument of the compiled
+    update."""
+    fn = sharding.shard_state_update(
+      update_fn, state_sh, self.batch, logical_rules=self.logical_rules, rest_shardings=rest_sh
+    )
+    if rest is None:
+      return fn
+
+    def call(state, batch, *extra):
+      return fn(state, batch, *extra, rest=rest)
+
+    call.lower = lambda state, batch, *extra: fn.lower(state, batch, *extra, rest=rest)
+    return call
+
+  def state_shardings(
+    self, tx: optax.GradientTransformation, params: Any, p_sh: Any, *, teacher: bool = False
+  ) -> Any:
+    """The `TrainState` of shardings for a state of `params` (in `p_sh`) and `tx`'s optimiser
+    state: rng and step replicated; `teacher` (an EMA teacher in the state): the params'."""
+    rep = sharding.replicated(self.mesh)
+    o_sh = self.opt_shardings(tx, params, p_sh)
+    return TrainState(
+      params=p_sh, opt_state=o_sh, rng=rep, step=rep, teacher=p_sh if teacher else None
+    )
+
+  def replicate(self, tree: Any) -> Any:
+    """Small host or device values (the same on every process) -> arrays replicated on the mesh
+    (several processes: global arrays)."""
+    rep = sharding.replicated(self.mesh)
+    if self.multi_process:
+      return _device_put.put(tree, rep)
+    return jax.device_put(tree, rep)
 
   def place_lora(self, model: nnx.Module) -> tuple[Any, Any, Any, Any, Any]:
     """(graphdef, adapters, frozen, adapter shardings, frozen shardings) of a model with LoRA

@@ -6,17 +6,23 @@
 step (`RLStepParts`: config, mesh, task data, sampler, the jitted update and log-prob functions,
 the F-TIS stage). Nothing else is read or changed: the new state is returned.
 
-The optional stages are small functions in their own modules, with explicit inputs and outputs,
-switched by their config keys:
+The optional stages are small functions with explicit inputs and outputs, switched by their
+config keys. Those of the registry (`stages.py`: function, place, config section with defaults,
+checks; a user's stage by import string in `rl.stages`) run at their place through `stages.run`:
 
-  stage                         where                       config
-  guided prompts (SMEPO)        `_smepo.smepo_stage`        rl.smepo.enabled
+  stage                         where                              place / config
+  guided prompts (SMEPO)        `stages` -> `_smepo.smepo_stage`   "prompts", rl.smepo.enabled
+  DAPO dynamic-sampling filter  `stages.dapo_filter`               "loss_mask", rl.dynamic_sampling
+  temporal credit window        `stages.temporal_credit`           "loss_mask", rl.temporal.enabled
+  a user's stage                `rl.stages` ("pkg.mod:ENTRY")      its place, rl.<its name>
+
+Those whose inputs are the trainer's own objects are called by name here:
+
   curriculum prompts (SCRL)     `_scrl_stage.curriculum_prompts`  rl.algorithm == "scrl"
   subproblem rewards and span   `_scrl_stage.scrl_stage`          rl.algorithm == "scrl"
-    advantages (SCRL)
-  DAPO dynamic-sampling filter  `dapo_filter` (below)       rl.dynamic_sampling
-  temporal credit window        `temporal_credit` (below)   rl.temporal.enabled
-  foreign rows (F-TIS)          `_ftis.ForeignRollouts`     rl.ftis.path
+    advantages (SCRL; the "rewards" stages do not run on its batch)
+  foreign rows (F-TIS)          `_ftis.ForeignRollouts`           rl.ftis.path
+  multi-turn episodes           `_env_stage.EnvRollouts`          env.name
 
 One code path for one process and for many. Every process computes the step's problem list (a
 function of (seed, step)) and takes its contiguous share of whole groups (`MeshContext.item_slice`;
@@ -42,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from postrain import advantages, losses
-from postrain.train import _env_stage, _rollout, _scrl_stage, _smepo, algorithms
+from postrain.train import _env_stage, _rollout, _scrl_stage, algorithms, stages
 from postrain.train._types import RLBatch, TrainState
 
 
@@ -55,7 +61,7 @@ class RLStepParts:
   data         the run's `TaskData` (prompts, tokenizer, verifier)
   sampler      the `ShardedSampler` (its parameters are set from the state each step)
   graphdef, rest   the model's structure and non-parameter state (`nnx.split`)
-  update       jitted `(params, opt_state, RLBatch, margin) -> (params, opt_state, aux)`
+  update       jitted `(TrainState, RLBatch, margin) -> (TrainState, aux)`, the state donated
   logprobs     jitted `(params, tokens, mask, valid) -> f32[B, T]`
   num_rl_steps the RL phase's length (temporal window progress, ConSPO margin schedule)
   foreign      the F-TIS stage or None
@@ -99,6 +105,7 @@ def rl_step(
 ) -> tuple[TrainState, dict[str, float]]:
   """One RL step on the step's `problems` (all processes pass the same list): returns the state
   after `rl.updates_per_batch` optimiser steps and the step's metrics (whole-batch statistics).
+  `state.step` is this step's index, unchanged (the loop advances it, `TrainState`).
 
   rl_index: the step's index in the RL phase; ref_params: the frozen KL reference (`rl.kl_coef`);
   record: receives the problems this process sampled (the trainer's per-process data log).
@@ -115,12 +122,11 @@ def rl_step(
     record(problems)
   rows = slice(mine.start * g, mine.stop * g)
   prompts = data.encode_prompts(problems)
-  smepo_metrics: dict[str, float] = {}
-  if rl.smepo.enabled:
-    prompts, smepo_metrics = _smepo.smepo_stage(
-      data, problems, prompts, rl=rl, seed=cfg.seed, step=state.step, mesh=mesh,
-      offset=mine.start, total=total,
-    )  # fmt: skip
+  ctx = stages.StageContext(
+    rl=rl, config=cfg, data=data, problems=problems, mesh=mesh, step=int(state.step),
+    progress=progress, offset=mine.start, total=total,
+  )  # fmt: skip
+  prompts, stage_metrics = stages.run("prompts", prompts, ctx)  # SMEPO guidance, ...
   chains, n, offset = None, g, mine.start
   if rl.algorithm == "scrl":  # mixed groups: G/2 curriculum samples, then G/2 of the original
     chains, prompts = _scrl_stage.curriculum_prompts(
@@ -161,6 +167,8 @@ def rl_step(
       local["verified"] = np.asarray(verified, np.float32)
     everyone = mesh.gather_rows(local, num_rows)
     rewards, lengths = everyone["rewards"], everyone["lengths"]
+    rewards, more = stages.run("rewards", rewards, ctx.replace(lengths=lengths))
+    stage_metrics.update(more)
     batch, metrics = rl_batch(out, rewards, rl=rl, progress=progress, rows=rows)
   metrics["response_len"] = float(np.mean(lengths))
 
@@ -189,13 +197,13 @@ def rl_step(
   )  # fmt: skip
   start, auxes = time.perf_counter(), []
   for minibatch in mesh.device_minibatches(batch, rl.updates_per_batch):
-    state, aux = state.apply(parts.update, minibatch, margin)
+    state, aux = parts.update(state, minibatch, margin)
     auxes.append(aux)
   metrics.update(mesh.mean_metrics(auxes), margin=float(margin))
   update_s = time.perf_counter() - start
 
   metrics.update(_rollout.rollout_metrics(mesh, out, vstats, rewards, lengths, sample_s, update_s))
-  metrics.update(smepo_metrics)
+  metrics.update(stage_metrics)
   if episodes is not None:  # the whole batch's episodes (every process's rows)
     episodes = _env_stage.gather_stats(episodes, rows.start)
     metrics.update(episodes.metrics(), accuracy=float(np.mean(everyone["verified"] > 0.5)))
@@ -205,32 +213,13 @@ def rl_step(
 # -- the advantage stage of the plain batch ---------------------------------------------------
 
 
-def dapo_filter(loss_mask: jax.Array, zero_variance: jax.Array) -> jax.Array:
-  """DAPO dynamic sampling: rows of groups without reward variance carry no signal, their loss
-  mask is zeroed. loss_mask f32[B, T], zero_variance bool[B] -> f32[B, T]."""
-  return loss_mask * (~zero_variance)[:, None].astype(jnp.float32)
-
-
-def temporal_credit(loss_mask: jax.Array, progress: float, temporal: mlc.ConfigDict) -> jax.Array:
-  """The temporal credit window (`advantages.temporal_window`) at training progress `progress`
-  in [0, 1]: early in training only the first tokens of each response carry loss, the window
-  growing to the whole response by `temporal.end_progress`. f32[B, T] -> f32[B, T]."""
-  return advantages.temporal_window(
-    loss_mask,
-    progress,
-    start=0.0,
-    end=temporal.end_progress,
-    rho0=1.0 - temporal.start_frac,
-  )
-
-
 def rl_batch(
   out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float, rows: slice | None = None
 ) -> tuple[RLBatch, dict[str, float]]:
   """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays).
 
-  Advantages are `rl.advantage`'s estimator over the groups of `rewards` f32[B]; then the DAPO
-  filter and the temporal window weight the loss mask when enabled.
+  Advantages are `rl.advantage`'s estimator over the groups of `rewards` f32[B]; then the
+  "loss_mask" stages (`stages.py`: the DAPO filter, the temporal window) select its tokens.
 
   `rows` (a multi-process step): `out` holds rows `rows` of the step's batch and `rewards` all of
   them, so group and batch statistics and the reward metrics are those of the whole batch; the
@@ -243,13 +232,11 @@ def rl_batch(
   zero_var_frac = jnp.mean(zero_var.astype(jnp.float32))
   if rows is not None:
     adv, zero_var, rewards_j = adv[rows], zero_var[rows], rewards_j[rows]
-  loss_mask = mask
-  if rl.dynamic_sampling:
-    loss_mask = dapo_filter(loss_mask, zero_var)
-  if rl.temporal.enabled:
-    loss_mask = temporal_credit(loss_mask, progress, rl.temporal)
+  ctx = stages.StageContext(rl=rl, progress=progress, zero_variance=zero_var)
+  loss_mask, stage_metrics = stages.run("loss_mask", mask, ctx)
   batch = RLBatch.from_rollout(out, loss_mask=loss_mask, advantages=adv, rewards=rewards_j)
   metrics = {
+    **stage_metrics,
     "reward_mean": float(np.mean(rewards)),
     "reward_std": float(np.std(rewards)),
     "zero_variance_frac": float(zero_var_frac),

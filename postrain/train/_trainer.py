@@ -159,25 +159,31 @@ class Trainer:
     rl_updates = max(self.rl_steps * config.rl.updates_per_batch, 1)
     self.rl_tx = _update.make_optimizer(lr=config.rl.lr, steps=rl_updates, **common)
     p_sh = self.param_shardings
-    # What a step changes: parameters, optimiser state, step and the run's key.
+    # What a step changes: parameters, optimiser state, step and the run's key (`TrainState`;
+    # the compiled updates take and return it whole, donated).
+    rng, step0 = mesh.replicate((jax.random.key(config.seed), np.int32(0)))
+    # OPD / MOPD with teacher.source="ema": the teacher's parameters are part of the state, from
+    # the start (a copy of the student, set again when distillation starts after SFT).
+    ema = config.mode in ("opd", "mopd") and config.teacher.source == "ema"
     self.state = TrainState(
       params=params,
       opt_state=mesh.init_opt_state(self.sft_tx if self.sft_steps else self.rl_tx, params, p_sh),
-      rng=jax.random.key(config.seed),
-      step=0,
+      rng=rng,
+      step=step0,
+      teacher=jax.tree.map(jnp.copy, params) if ema else None,
     )
     impl = config.model.logprob_impl
-    self.sft_update = mesh.shard_update(
-      _update.make_update(
+    self.sft_update = mesh.shard_state_update(
+      _update.make_state_update(
         functools.partial(_update.sft_loss, impl=impl),
         self.sft_tx,
         self.graphdef,
         None if self.lora else self.rest,
         counts_fn=_update.sft_counts,
         microbatch_rows=config.sft.microbatch_rows,
+        **_update.lora_dropout_kwargs(config, "sft"),
       ),
-      p_sh,
-      mesh.opt_shardings(self.sft_tx, self.params, p_sh),
+      mesh.state_shardings(self.sft_tx, params, p_sh, teacher=ema),
       **self._rest_kwargs(),
     )
     rl = config.rl
@@ -196,8 +202,8 @@ class Trainer:
       logprob_impl=impl,
       loss_kwargs=algorithms.loss_kwargs(rl),
     )
-    self.rl_update = mesh.shard_update(
-      _update.make_update(
+    self.rl_update = mesh.shard_state_update(
+      _update.make_state_update(
         functools.partial(_update.rl_loss, spec=self.rl_spec),
         self.rl_tx,
         self.graphdef,
@@ -205,9 +211,9 @@ class Trainer:
         counts_fn=functools.partial(_update.rl_counts, spec=self.rl_spec),
         microbatch_rows=rl.microbatch_rows,
         group_size=rl.group_size,
+        **_update.lora_dropout_kwargs(config, "rl"),
       ),
-      p_sh,
-      mesh.opt_shardings(self.rl_tx, self.params, p_sh),
+      mesh.state_shardings(self.rl_tx, params, p_sh, teacher=ema),
       **self._rest_kwargs(),
     )
     self.base_logprobs = None
@@ -312,15 +318,20 @@ class Trainer:
     log = print if self.mesh.is_primary else (lambda *_: None)
     kw = dict(limit_gb=cfg.memory.limit_gb, log=log)
     if self.sft_steps:
-      opt = jax.eval_shape(self.sft_tx.init, self.params)
-      lowered = self.sft_update.lower(self.params, opt, _memory.abstract_sft_batch(cfg))
+      state = self.abstract_state(self.sft_tx)
+      lowered = self.sft_update.lower(state, _memory.abstract_sft_batch(cfg))
       out["sft"] = _memory.check_update_memory("sft", lowered, **kw)
     if self.rl_steps and cfg.mode == "rl":
-      opt = jax.eval_shape(self.rl_tx.init, self.params)
       margin = jax.ShapeDtypeStruct((), jnp.float32)
-      lowered = self.rl_update.lower(self.params, opt, _memory.abstract_rl_batch(cfg), margin)
+      lowered = self.rl_update.lower(
+        self.abstract_state(self.rl_tx), _memory.abstract_rl_batch(cfg), margin
+      )
       out["rl"] = _memory.check_update_memory("rl", lowered, **kw)
     return out
+
+  def abstract_state(self, tx: Any) -> TrainState:
+    """The `TrainState` of shapes and dtypes the update with optimiser `tx` takes (for `.lower`)."""
+    return jax.eval_shape(lambda s: s.replace(opt_state=tx.init(s.params)), self.state)
 
   # -- state -----------------------------------------------------------------------------------
 
@@ -333,18 +344,25 @@ class Trainer:
     lambda self: self.state.opt_state,
     lambda self, v: setattr(self, "state", self.state.replace(opt_state=v)),
   )
+  # The host's copy of the step (a device scalar in the state): the one named place the loop
+  # reads it (the step's problems, evaluation and checkpoint cadence, the data position).
   step = property(
-    lambda self: self.state.step,
-    lambda self, v: setattr(self, "state", self.state.replace(step=v)),
+    lambda self: int(self.state.step),
+    lambda self, v: setattr(self, "state", self.state.replace(step=self._device_step(v))),
   )
   base_key = property(lambda self: self.state.rng)
 
+  def _device_step(self, step: int) -> jax.Array:
+    """A step number as the state's i32[] scalar, replicated on the mesh."""
+    return self.mesh.replicate(np.int32(step))
+
   def _state(self) -> dict[str, Any]:
+    """What a checkpoint holds (the step and key are in its metadata)."""
     state = {"params": self.params, "opt_state": self.opt_state}
     if self.ref_params is not None:
       state["ref_params"] = self.ref_params
-    if self.distiller is not None:
-      state.update(self.distiller.state())
+    if self.state.teacher is not None:  # OPD / MOPD's EMA teacher
+      state["teacher_params"] = self.state.teacher
     return state
 
   def _save(self, *, force: bool = False) -> None:
@@ -369,10 +387,12 @@ class Trainer:
     step, state, meta = restored
     if self.lora:
       self._check_base(meta)
-    self.state = self.state.replace(params=state["params"], opt_state=state["opt_state"], step=step)
+    self.state = self.state.replace(
+      params=state["params"], opt_state=state["opt_state"], step=self._device_step(step)
+    )
     self.ref_params = state.get("ref_params")
-    if self.distiller is not None:
-      self.distiller.restore(state)
+    if "teacher_params" in state:
+      self.state = self.state.replace(teacher=state["teacher_params"])
     _LOG.info("resumed from step %d", self.step)
 
   def _check_base(self, meta: dict[str, Any]) -> None:
@@ -391,7 +411,7 @@ class Trainer:
     if self.config.rl.kl_coef > 0 and not self.lora:
       self.ref_params = jax.tree.map(jnp.copy, self.params)
     if self.distiller is not None:
-      self.distiller.enter(self.params)
+      self.state = self.state.replace(teacher=self.distiller.initial_teacher(self.params))
 
   # -- steps -----------------------------------------------------------------------------------
 
@@ -420,7 +440,7 @@ class Trainer:
     )
     batch = self.mesh.from_local(host, len(problems))
     start = time.perf_counter()
-    self.state, aux = self.state.apply(self.sft_update, batch)
+    self.state, aux = self.sft_update(self.state, batch)
     aux = self.mesh.to_host(aux)
     seconds = time.perf_counter() - start
     tokens = self.mesh.sum_over_processes(host["valid"].sum())
@@ -432,14 +452,15 @@ class Trainer:
 
   def _rl_step(self) -> dict[str, float]:
     """One RL step (`_rl_step.rl_step`: every variant, one process or many)."""
+    step = self.step
     problems = _data.step_problems(
-      self.data.train, seed=self.config.seed, step=self.step, count=self.config.rl.prompts_per_step
+      self.data.train, seed=self.config.seed, step=step, count=self.config.rl.prompts_per_step
     )
     self.state, metrics = _rl_step.rl_step(
       self.state,
       self.step_parts,
       problems,
-      rl_index=self.step - self.sft_steps,
+      rl_index=step - self.sft_steps,
       ref_params=self.ref_params,
       record=lambda mine: self._record_problems("rl", mine),
     )
@@ -492,7 +513,7 @@ class Trainer:
         while self.step < self.total_steps:
           self._eval_if_due(writer, report)
           metrics = self._train_step()
-          self.step += 1
+          self.state = self.state.advance()  # one trainer step (its updates leave `step`)
           self._log_step(writer, bar, metrics)
           self._save()
           if stop.stop_requested:

@@ -7,7 +7,7 @@ the stages of a step. Optional fields are `None` (an empty subtree) when a step 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -19,16 +19,33 @@ from flax import struct
 class RLBatch:
   """One RL update batch, B rows of T tokens (`prompt ++ response`, the sampler's layout).
 
-  tokens      i32[B, T]   prompt and response token ids
-  valid       bool[B, T]  real (non-padding) positions
-  mask        f32[B, T]   response tokens (the KL and entropy terms average over these)
-  loss_mask   f32[B, T]   `mask` times the token weighting of the optional stages (DAPO filter,
-                          temporal window): the policy loss averages over these
-  old_logp    f32[B, T]   log-probs of the tokens under the sampling policy (the sampler's model)
-  advantages  f32[B] or f32[B, T] (token advantages, SCRL)
-  rewards     f32[B]      the rows' rewards (ConSPO reads them)
-  ref_logp    f32[B, T] | None   the frozen reference model's log-probs (KL term, `rl.kl_coef`)
-  is_weights  f32[B, T] | None   per-token importance weights (F-TIS foreign rows)
+  tokens        i32[B, T]   prompt and response token ids
+  valid         bool[B, T]  real (non-padding) positions
+  mask          f32[B, T]   response tokens (the KL and entropy terms average over these)
+  loss_mask     f32[B, T]   the tokens the policy loss averages over: `mask` with the tokens the
+                            optional stages leave out set to 0 (DAPO filter: rows of groups without
+                            reward variance; temporal window: the tokens before the window)
+  old_logp      f32[B, T]   π_old: log-probs of the tokens under the policy at the start of the
+                            step (the ratio's denominator)
+  advantages    f32[B] or f32[B, T] (token advantages, SCRL)
+  rewards       f32[B]      the rows' rewards (ConSPO reads them)
+  ref_logp      f32[B, T] | None   the frozen reference model's log-probs (KL term, `rl.kl_coef`)
+  sampler_logp  f32[B, T] | None   log-probs of the tokens under the model that sampled them,
+                            when it is not the policy of `old_logp`; None: the same as `old_logp`
+  is_weights    f32[B, T] | None   per-token importance weights inside the policy loss (F-TIS)
+
+  Old and sampler log-probs. The sampler runs the training policy (LoRA: a merged copy of it;
+  mixed precision: the same bf16 forward), so its log-probs of the raw model are π_old itself:
+  `old_logp` is the sampler's `model_logp`, one array, and `sampler_logp` stays None (no copy).
+  They differ only where the trainer recomputes π_old with the training model because another
+  model sampled: F-TIS foreign rows (`_ftis.py`: `old_logp` the learner's log-probs before the
+  step, `sampler_logp` the generator's; on the own rows of such a batch both are the sampler's).
+
+  Token weights: two fields, because they enter the loss differently. `loss_mask` selects tokens
+  (0 or 1): the loss is a mean over the selected tokens, so the stages that drop tokens (DAPO
+  filter, temporal window) change the normaliser. `is_weights` scales each token's term inside that
+  mean and leaves the normaliser alone (F-TIS's capped ratio ρ̄ = min(π_θ / π_gen, C), 1 on own
+  rows). One field could not serve both without changing the numbers.
   """
 
   tokens: jax.Array
@@ -39,6 +56,7 @@ class RLBatch:
   advantages: jax.Array
   rewards: jax.Array
   ref_logp: jax.Array | None = None
+  sampler_logp: jax.Array | None = None
   is_weights: jax.Array | None = None
 
   @classmethod
@@ -79,23 +97,40 @@ class RLBatch:
 
 @struct.dataclass
 class TrainState:
-  """What one step changes: the parameters, the optimiser state, the step and the run's key.
+  """What one trainer step changes: parameters, optimiser state, step, the run's key (and the EMA
+  teacher of OPD / MOPD). All fields are pytree leaves: the compiled update takes and returns the
+  whole state (`update(state, batch, *extra) -> (state, aux)`, the state donated).
 
-  params     the model's `nnx.Param` state (a pytree, in its shardings)
+  params     the model's `nnx.Param` state (a pytree, in its shardings; LoRA: the adapters)
   opt_state  the optax state of the phase's optimiser (SFT or RL)
   rng        the run's base key; step s samples with `jax.random.fold_in(rng, s)`
-  step       the number of steps taken (SFT and RL), a host int (static: not traced)
+  step       i32[] the number of trainer steps taken (SFT, RL, OPD / MOPD), on the device
+  teacher    the EMA teacher's parameters (OPD / MOPD with `teacher.source="ema"`), else None
+
+  Where the step counts: one trainer step may hold several optimiser steps (an RL or OPD step
+  makes `rl.updates_per_batch` of them, one per minibatch; optax counts those inside
+  `opt_state`). The compiled update and the step functions (`rl_step`, `distill_step`, the SFT
+  step) leave `step` alone, so during a step it is that step's index (its sampling key, its
+  problems); the loop advances it once per trainer step (`Trainer.run`: `state.advance()`).
+  The host reads `int(state.step)` only where it needs a Python int: `Trainer.step` (the step's
+  problems, checkpoint and evaluation cadence, data position) and the MOPD / SMEPO seeds.
   """
 
   params: Any
   opt_state: Any
   rng: jax.Array
-  step: int = struct.field(pytree_node=False, default=0)
+  step: jax.Array
+  teacher: Any = None
 
-  def apply(
-    self, update: Callable[..., tuple[Any, Any, Any]], batch: Any, *extra: Any
-  ) -> tuple[TrainState, Any]:
-    """One optimiser step: `update(params, opt_state, batch, *extra) -> (params, opt_state, aux)`
-    (a jitted `make_update`, its old buffers donated) -> (the new state, aux)."""
-    params, opt_state, aux = update(self.params, self.opt_state, batch, *extra)
-    return self.replace(params=params, opt_state=opt_state), aux
+  @classmethod
+  def create(cls, params: Any, opt_state: Any, rng: jax.Array, teacher: Any = None) -> TrainState:
+    """The state at step 0."""
+    return cls(params, opt_state, rng, jnp.zeros((), jnp.int32), teacher)
+
+  def advance(self) -> TrainState:
+    """The state with `step + 1` (the end of a trainer step)."""
+    return self.replace(step=_next_step(self.step))
+
+
+# One compiled increment for every step (its operand may be a global array over several processes).
+_next_step = jax.jit(lambda step: step + 1)

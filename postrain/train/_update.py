@@ -27,7 +27,7 @@ from flax import nnx
 
 from postrain import losses, models
 from postrain.train import algorithms
-from postrain.train._types import RLBatch
+from postrain.train._types import RLBatch, TrainState
 
 
 def make_optimizer(
@@ -198,15 +198,27 @@ def accumulated_grads(
   counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
   microbatch_rows: int = 0,
   group_size: int = 1,
+  dropout: tuple[float, jax.Array] | None = None,
 ):
   """(grads, aux) of `loss_fn` on `batch`, in micro-batches of `microbatch_rows` rows (0 or >= the
   batch: one pass) whose gradients and aux are summed in a `lax.scan` (float32 accumulators).
 
   With micro-batches `loss_fn` is called with `totals=counts_fn(batch)` (see the module
   docstring), so the sum equals the gradient and aux of the whole batch.
+
+  dropout: (rate, key) of LoRA adapter dropout (`models.lora_dropout`) in the loss's forward
+  pass; micro-batch j (0 without micro-batches) draws its masks with fold_in(key, j).
   """
   rows = jax.tree.leaves(batch)[0].shape[0]
   grad_fn = jax.grad(loss_fn, has_aux=True)
+  if dropout is not None:
+    rate, key = dropout
+    plain = grad_fn
+
+    def grad_fn(*args, micro_index=0, **kwargs):
+      with models.lora_dropout(rate, jax.random.fold_in(key, micro_index)):
+        return plain(*args, **kwargs)
+
   if not microbatch_rows or microbatch_rows >= rows:
     return grad_fn(params, graphdef, rest, batch, *extra)
   if counts_fn is None:
@@ -220,19 +232,67 @@ def accumulated_grads(
   totals = counts_fn(batch)
   micro = jax.tree.map(lambda x: _micro_split(x, num, group_size), batch)
 
-  def one(mb):
-    return grad_fn(params, graphdef, rest, mb, *extra, totals=totals)
+  def one(mb, j=0):
+    kw = {} if dropout is None else {"micro_index": j}
+    return grad_fn(params, graphdef, rest, mb, *extra, totals=totals, **kw)
 
-  def body(acc, mb):
-    out = one(mb)
+  def body(acc, mb_j):
+    out = one(*mb_j)
     return jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, out), None
 
   shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro))
   acc_dtype = lambda d: jnp.promote_types(d, jnp.float32)  # noqa: E731
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s.dtype)), shapes)
-  (grads, aux), _ = jax.lax.scan(body, zeros, micro)
+  (grads, aux), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(num)))
   grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[0])
   return grads, aux
+
+
+def optimizer_step(
+  loss_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  graphdef,
+  *,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+  lora_dropout: float = 0.0,
+  dropout_key: jax.Array | None = None,
+) -> Callable[..., Any]:
+  """The pure (unjitted) `(params, opt_state, rest, batch, *extra) -> (params, opt_state, aux)`:
+  one optimiser step of `tx` on the gradient of `loss_fn` over the batch, accumulated over
+  micro-batches of `microbatch_rows` rows when that is set (`accumulated_grads`); aux gains the
+  gradient's global norm "grad_norm".
+
+  `lora_dropout` > 0: LoRA adapter dropout in the loss's forward pass, the masks of optimiser step
+  n (the optimiser state's `count`, `optimizer_count`) drawn under fold_in(`dropout_key`, n) (then
+  per micro-batch, `accumulated_grads`): a function of the checkpointed state, so a resumed run
+  draws the same masks."""
+  if lora_dropout and dropout_key is None:
+    raise ValueError("optimizer_step: lora_dropout > 0 needs a dropout_key.")
+
+  def step(params, opt_state, rest, batch, *extra):
+    dropout = None
+    if lora_dropout:
+      dropout = (lora_dropout, jax.random.fold_in(dropout_key, optimizer_count(opt_state)))
+    grads, aux = accumulated_grads(
+      loss_fn,
+      params,
+      graphdef,
+      rest,
+      batch,
+      *extra,
+      counts_fn=counts_fn,
+      microbatch_rows=microbatch_rows,
+      group_size=group_size,
+      dropout=dropout,
+    )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    aux = dict(aux, grad_norm=optax.tree.norm(grads))
+    return params, opt_state, aux
+
+  return step
 
 
 def make_update(
@@ -244,46 +304,119 @@ def make_update(
   counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
   microbatch_rows: int = 0,
   group_size: int = 1,
+  lora_dropout: float = 0.0,
+  dropout_key: jax.Array | None = None,
 ):
   """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
-  optimiser step on the batch, its gradient accumulated over micro-batches of `microbatch_rows`
-  rows when that is set (`accumulated_grads`).
+  optimiser step on the batch (`optimizer_step`; `lora_dropout` / `dropout_key` as there), for code that keeps params and optimiser state
+  apart (the trainer itself uses `make_state_update` over its `TrainState`).
 
   `rest=None` (LoRA): the model's other state is an argument, not a constant of the compiled
   step: `(params, opt_state, rest, batch, *extras)`, where params are the trainable adapters and
   rest the frozen (possibly quantised) base with the non-parameter state; only params get
   gradients and optimiser state."""
-
-  def _step(params, opt_state, rest, batch, *extra):
-    grads, aux = accumulated_grads(
-      loss_fn,
-      params,
-      graphdef,
-      rest,
-      batch,
-      *extra,
-      counts_fn=counts_fn,
-      microbatch_rows=microbatch_rows,
-      group_size=group_size,
-    )
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    aux = dict(aux, grad_norm=optax.tree.norm(grads))
-    return params, opt_state, aux
+  step = optimizer_step(
+    loss_fn,
+    tx,
+    graphdef,
+    counts_fn=counts_fn,
+    microbatch_rows=microbatch_rows,
+    group_size=group_size,
+    lora_dropout=lora_dropout,
+    dropout_key=dropout_key,
+  )
 
   if rest is None:
 
     @jax.jit
     def update_with_rest(params, opt_state, rest, batch, *extra):
-      return _step(params, opt_state, rest, batch, *extra)
+      return step(params, opt_state, rest, batch, *extra)
 
     return update_with_rest
 
   @jax.jit
   def update(params, opt_state, batch, *extra):
-    return _step(params, opt_state, rest, batch, *extra)
+    return step(params, opt_state, rest, batch, *extra)
 
   return update
+
+
+def make_state_update(
+  loss_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  graphdef,
+  rest,
+  *,
+  counts_fn: Callable[[Any], dict[str, jax.Array]] | None = None,
+  microbatch_rows: int = 0,
+  group_size: int = 1,
+  after: Callable[[TrainState], TrainState] | None = None,
+  lora_dropout: float = 0.0,
+  dropout_key: jax.Array | None = None,
+):
+  """The pure (unjitted) `update(state, batch, *extra) -> (state, aux)` over a `TrainState`: one
+  optimiser step (`optimizer_step`) of `state.params` / `state.opt_state`, then `after(state)`
+  (OPD / MOPD: the EMA teacher follows the new parameters). `state.step` is left alone: it
+  counts trainer steps, and one trainer step may make several updates (`TrainState`).
+
+  Jit it with the state donated (`sharding.shard_state_update`, `MeshContext.shard_state_update`).
+  `rest=None` (LoRA): `update(state, rest, batch, *extra)`, the frozen base an argument of the
+  compiled update, never part of the (donated) state nor a constant."""
+  step = optimizer_step(
+    loss_fn,
+    tx,
+    graphdef,
+    counts_fn=counts_fn,
+    microbatch_rows=microbatch_rows,
+    group_size=group_size,
+    lora_dropout=lora_dropout,
+    dropout_key=dropout_key,
+  )
+
+  def apply(state, frozen, batch, extra):
+    params, opt_state, aux = step(state.params, state.opt_state, frozen, batch, *extra)
+    state = state.replace(params=params, opt_state=opt_state)
+    return (state if after is None else after(state)), aux
+
+  if rest is None:
+
+    def update_with_rest(state, rest, batch, *extra):
+      return apply(state, rest, batch, extra)
+
+    return update_with_rest
+
+  def update(state, batch, *extra):
+    return apply(state, rest, batch, extra)
+
+  return update
+
+
+# `jax.random.fold_in(run key, DROPOUT_STREAM)`: the LoRA dropout keys' stream, apart from the
+# step keys (fold_in(run key, step)) and the evaluation's (fold_in(run key, 2**30)).
+DROPOUT_STREAM = 2**30 + 1
+_DROPOUT_PHASES = ("sft", "rl", "distill")
+
+
+def lora_dropout_kwargs(config: Any, phase: str) -> dict[str, Any]:
+  """`make_update`'s LoRA dropout arguments for a run's `phase` ("sft", "rl", "distill"): {} when
+  `config.model.lora` is off or its dropout 0; else the rate and the key
+  fold_in(fold_in(key(config.seed), DROPOUT_STREAM), phase index) (the run's key is
+  key(config.seed), `TrainState.rng`)."""
+  lora = config.model.lora
+  if lora.rank <= 0 or not lora.dropout:
+    return {}
+  key = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
+  key = jax.random.fold_in(key, _DROPOUT_PHASES.index(phase))
+  return dict(lora_dropout=float(lora.dropout), dropout_key=key)
+
+
+def optimizer_count(opt_state: Any) -> jax.Array:
+  """The number of optimiser steps taken: the first `count` leaf of the optax state (Adam's;
+  ValueError for an optimiser without one)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    if path and getattr(path[-1], "name", None) == "count":
+      return leaf
+  raise ValueError("LoRA dropout needs an optimiser state with a step `count` (optax Adam).")
 
 
 def make_logprob_fn(graphdef, rest, impl: str, *, adapters: bool = True):

@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections as mlc
 
 from postrain import sharding, tasks
-from postrain.train import algorithms
+from postrain.train import algorithms, stages
 
 MODES = ("sft", "rl", "opd", "mopd")
 # The registry's algorithms (postrain/train/algorithms.py); `rl.algorithm` may also name a user's
@@ -21,6 +21,31 @@ MODES = ("sft", "rl", "opd", "mopd")
 ALGORITHMS = tuple(algorithms.REGISTRY)
 MODEL_SOURCES = ("scratch", "hf", "gguf")
 TOKENIZERS = ("sentencepiece", "hf", "gguf")
+
+
+def lora_config() -> mlc.ConfigDict:
+  """`config.model.lora`'s defaults (the trainer's and self-play's): rank 0 = off."""
+  lora = mlc.ConfigDict()
+  lora.rank = 0
+  lora.alpha = 0.0  # scale alpha / rank; 0 = rank (scale 1)
+  # Regexes (re.search) over projection paths such as "layers/3/attn/q", "layers/3/mlp/down".
+  lora.targets = (r"attn/(q|k|v|o)$", r"mlp/(gate|up|down)$")
+  # Adapter dropout on the adapters' input in the training forward only (PEFT's lora_dropout).
+  lora.dropout = 0.0
+  # Sampling from a merged copy (W + scale A B, built once per step) rather than applying the
+  # adapters at every decode step (measured faster: docs/benchmarks.md).
+  lora.sample_merged = True
+  return lora
+
+
+def validate_lora(c: mlc.ConfigDict) -> None:
+  """Raises ValueError naming the key for bad `config.model.lora` / `config.model.quantize`."""
+
+  def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}: {msg}")
+
+  _validate_lora(c, need)
 
 
 def base_config() -> mlc.ConfigDict:
@@ -78,15 +103,7 @@ def base_config() -> mlc.ConfigDict:
   # LoRA (`models.add_lora`): rank 0 = off (full fine-tuning). With rank r > 0 only the adapters
   # train (float32, with their optimiser state); the base is frozen, passed to the compiled
   # update as an argument, and with the adapters off it is the KL reference (no second copy).
-  c.model.lora = mlc.ConfigDict()
-  c.model.lora.rank = 0
-  c.model.lora.alpha = 0.0  # scale alpha / rank; 0 = rank (scale 1)
-  # Regexes (re.search) over projection paths such as "layers/3/attn/q", "layers/3/mlp/down".
-  c.model.lora.targets = (r"attn/(q|k|v|o)$", r"mlp/(gate|up|down)$")
-  c.model.lora.dropout = 0.0  # adapter dropout: only 0 is implemented
-  # Sampling from a merged copy (W + scale A B, built once per step) rather than applying the
-  # adapters at every decode step (measured faster: docs/benchmarks.md).
-  c.model.lora.sample_merged = True
+  c.model.lora = lora_config()
   # The frozen base's storage with LoRA: "none", "int8" (per channel) or "nf4" (QLoRA, blocks of
   # 64), qwix. Needs lora.rank > 0 (a quantised base cannot be trained).
   c.model.quantize = "none"
@@ -153,16 +170,10 @@ def base_config() -> mlc.ConfigDict:
   c.rl.scrl_curriculum_frac = 0.5  # SCRL: fraction of SFT rows that are curriculum examples
   c.rl.scrl_num_subproblems = 0  # SCRL: keep the last K subproblems of each chain (0: all)
   algorithms.add_sections(c.rl)  # each algorithm's own hyperparameters: rl.sapo.tau_pos, ...
-  c.rl.temporal = mlc.ConfigDict()
-  c.rl.temporal.enabled = False
-  c.rl.temporal.start_frac = 0.25  # credit only the last 25% of each response at the start
-  c.rl.temporal.end_progress = 0.5  # the window covers the whole response from this progress on
-  # SMEPO (arXiv 2605.25198): masked expert traces in front of a fraction of the RL prompts.
-  c.rl.smepo = mlc.ConfigDict()
-  c.rl.smepo.enabled = False
-  c.rl.smepo.fraction = 1.0  # of each step's prompts (the paper's code guides all of them)
-  c.rl.smepo.template = "auto"  # or a format string with {prompt} and {trace}
-  c.rl.smepo.prefix_ratio = 1.0  # share of the masked trace shown
+  # The optional stages' own sub-configs (train/stages.py: rl.smepo, rl.temporal, ...) and the
+  # user's stages ("package.module:ENTRY", added by `stages.use` in a config file).
+  stages.add_sections(c.rl)
+  c.rl.stages = ()
 
   # F-TIS (arXiv 2605.22537): RL on rollouts written by another model (`python -m
   # postrain.train.generate`), with capped IS weights and the KL filter (postrain/train/_distill.py).
@@ -311,6 +322,7 @@ def validate(c: mlc.ConfigDict) -> None:
     "needs an environment (config.env.name) to demonstrate",
   )
   algorithms.validate(c, need)  # the name, the advantage estimator, the algorithm's own checks
+  stages.validate(c, need)  # the optional stages' own checks (rl.smepo.*, a user's stages)
   need(c.rl.steps >= 0, "rl.steps", "must be >= 0")
   need(
     c.rl.group_size >= 2,
@@ -387,9 +399,14 @@ def _validate_lora(c: mlc.ConfigDict, need: Any) -> None:
   )
   need(lora.alpha >= 0, "model.lora.alpha", f"must be >= 0 (0 = rank), got {lora.alpha}")
   need(
-    lora.dropout == 0,
+    isinstance(lora.dropout, int | float) and 0 <= lora.dropout < 1,
     "model.lora.dropout",
-    f"adapter dropout is not implemented; use 0.0, got {lora.dropout}",
+    f"must be in [0, 1), got {lora.dropout!r}",
+  )
+  need(
+    lora.dropout == 0 or lora.rank > 0,
+    "model.lora.dropout",
+    f"adapter dropout {lora.dropout} needs adapters; set model.lora.rank > 0",
   )
   need(
     not isinstance(lora.targets, str) and len(lora.targets) > 0,
@@ -448,14 +465,6 @@ def _validate_sharding(c: mlc.ConfigDict, need: Any) -> None:
   d = c.distributed
   need(d.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0: from the environment)")
   need(d.process_id >= -1, "distributed.process_id", "must be >= 0, or -1 (from the environment)")
-  need(0 <= c.rl.smepo.fraction <= 1, "rl.smepo.fraction", "must be in [0, 1]")
-  need(0 <= c.rl.smepo.prefix_ratio <= 1, "rl.smepo.prefix_ratio", "must be in [0, 1]")
-  need(
-    c.rl.smepo.template == "auto"
-    or ("{prompt}" in c.rl.smepo.template and "{trace}" in c.rl.smepo.template),
-    "rl.smepo.template",
-    "must be 'auto' or contain the fields {prompt} and {trace}",
-  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:

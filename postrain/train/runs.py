@@ -67,9 +67,9 @@ def read_config(workdir: str, *, what: str = "workdir") -> mlc.ConfigDict:
 def run_tokenizer_path(workdir: str, *, what: str = "workdir") -> str | None:
   """The sentencepiece model a postrain run trained on its task corpus (None if it used another)."""
   cfg = read_config(workdir, what=what)
-  if cfg.tokenizer.kind != "sentencepiece":
+  if "tokenizer" in cfg and cfg.tokenizer.kind != "sentencepiece":
     return None
-  if cfg.tokenizer.path:
+  if "tokenizer" in cfg and cfg.tokenizer.path:
     return cfg.tokenizer.path
   found = sorted(glob.glob(os.path.join(workdir, "tokenizer", "*.model")))
   if not found:
@@ -95,7 +95,10 @@ def default_tokenizer(config: mlc.ConfigDict) -> Any:
 
 
 def run_tokenizer(config: mlc.ConfigDict, workdir: str) -> Any:
-  """The tokenizer run `workdir` (with recorded `config`) used."""
+  """The tokenizer run `workdir` (with recorded `config`) used (a self-play run, whose config has
+  no `tokenizer`: the sentencepiece model it trained in `workdir/tokenizer`)."""
+  if "tokenizer" not in config:
+    return models.tokenizers.SentencePieceTokenizer(run_tokenizer_path(workdir))
   tok = default_tokenizer(config)
   if tok is not None:
     return tok
@@ -165,9 +168,10 @@ def run_model(
 ) -> nnx.Module:
   """The run's decoder with fresh parameters: its named config and overrides sized to its
   vocabulary (`model_name` replaces the named config and drops the run's overrides; `overrides`
-  and `dtype` replace fields), or the imported weights it fine-tuned."""
-  dtype = dtype or config.model.dtype
-  if config.model.source != "scratch":
+  and `dtype` replace fields), or the imported weights it fine-tuned. (A self-play config has
+  no `model.source` / `model.dtype`: scratch, float32.)"""
+  dtype = dtype or config.model.get("dtype", "float32")
+  if config.model.get("source", "scratch") != "scratch":
     loader = models.from_gguf if config.model.source == "gguf" else models.from_hf_dir
     _, model = loader(config.model.path, dtype=dtype)
     return model

@@ -111,3 +111,45 @@ def test_entry_point_configs_build_validate_and_lock(name):
   with pytest.raises(AttributeError):
     c.not_a_key = 1
   assert f"--config configs/{name}" in open(path).read()
+
+
+@pytest.mark.slow
+def test_lora_selfplay_trains_only_adapters_and_loads_as_a_run(tmp_path):
+  """config.model.lora (rank 4, NF4 base, dropout 0.1): the warm start and both roles' updates
+  change only the adapters (the base is bit-identical), the checkpoint holds only adapters and the
+  base's hash, and `train.load_run` gives base + adapters merged: the sampler's model."""
+  import jax
+  from flax import nnx
+
+  from postrain import models, train
+
+  c = load_config_file(CONFIG, "scale=test,solver=grounded")
+  c.model.lora.rank, c.model.lora.alpha, c.model.lora.dropout = 4, 8.0, 0.1
+  c.model.quantize = "nf4"
+  run = sp.SelfPlay(c, str(tmp_path))
+  paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(run.params)]
+  assert paths and all("_lora/lora_" in p for p in paths)
+  assert any(x.dtype == jax.numpy.uint4 for x in jax.tree.leaves(run.rest))  # NF4 codes
+  base = [np.asarray(x) for x in jax.tree.leaves(run.rest)]
+  before = [np.asarray(x) for x in jax.tree.leaves(run.params)]
+  report = run.run()
+  assert [e["step"] for e in report["evals"]] == [0, 1, 2]
+  for a, b in zip(jax.tree.leaves(run.rest), base):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  after = [np.asarray(x) for x in jax.tree.leaves(run.params)]
+  assert all(not np.array_equal(a, b) for a, b in zip(after, before))  # A and B of every adapter
+  loaded = train.load_run(str(tmp_path))
+  assert loaded.step == 2 and not models.has_lora(loaded.model)
+  tokens = np.asarray([[3, 5, 7, 9, 11]], np.int32)
+  want = models.forward(run._policy(run.params), tokens)
+  np.testing.assert_allclose(models.forward(loaded.model, tokens), want, atol=1e-6)
+  with open(tmp_path / "checkpoints" / "2" / "meta" / "metadata") as f:
+    meta = json.load(f)
+  assert meta["lora_base"]["quantize"] == "nf4" and len(meta["lora_base"]["sha256"]) == 64
+
+
+def test_selfplay_bad_lora_config():
+  c = load_config_file(CONFIG, "scale=test")
+  c.model.quantize = "nf4"  # a quantised base needs adapters
+  with pytest.raises(ValueError, match=r"config\.model\.quantize.*lora\.rank"):
+    sp.validate(c)

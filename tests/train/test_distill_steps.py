@@ -408,6 +408,15 @@ def test_foreign_rollouts_join_the_rl_batch_aligned_with_ftis_fields(tmp_path):
   want = np.asarray(out.tokens)[rows, :-2]  # the foreign rows: [prompt 4 | response 6]
   np.testing.assert_array_equal(merged.tokens[2 * G :, 1:11], want)
   np.testing.assert_array_equal(merged.is_weights[: 2 * G, 1:], own.mask)
+  # Old log-probs: the sampler's on the own rows, the learner's recomputed ones on the foreign
+  # rows; sampler log-probs: the own rows' old ones and the generator's (the file's sample_logp).
+  np.testing.assert_array_equal(merged.sampler_logp[: 2 * G, 1:], own.old_logp)
+  np.testing.assert_array_equal(merged.old_logp[: 2 * G, 1:], own.old_logp)
+  np.testing.assert_array_equal(merged.sampler_logp[2 * G :, 1:11], wide.sample_logp[rows, 1:])
+  f_tokens, f_mask = merged.tokens[2 * G :], merged.mask[2 * G :]
+  np.testing.assert_allclose(
+    merged.old_logp[2 * G :], learner(f_tokens, f_mask, merged.valid[2 * G :]), atol=1e-6
+  )
   assert {"ftis_filtered_count", "ftis_kl_mean", "ftis_is_weight_mean"} <= set(metrics)
   with pytest.raises(ValueError, match="group_size"):
     rl.group_size = 2

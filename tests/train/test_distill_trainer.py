@@ -38,7 +38,8 @@ def test_mopd_without_peers_equals_opd_through_the_trainer_step(trained_run, tmp
   params, metrics = {}, {}
   for name, cfg in runs.items():
     tr = train.Trainer(cfg, str(tmp_path / name))
-    metrics[name] = tr.distiller.step(tr)
+    tr._enter_rl()
+    metrics[name] = tr._distill_step()
     params[name] = _leaves(tr.params)
     if name == "opd":
       # The teacher is the trained run's newest checkpoint (read through another restore path).
@@ -102,5 +103,10 @@ def test_short_run_writes_metrics_checkpoints_and_resumes_exactly(
     done.append(tr)
   for a, b in zip(_leaves(done[0]._state()), _leaves(done[1]._state())):
     np.testing.assert_allclose(a, b, atol=1e-6)
-  if mode == "mopd":  # the EMA teacher moved away from the SFT student and was restored
+  if mode == "mopd":  # the EMA teacher (a field of the state) moved and was restored exactly
     assert "teacher_params" in done[1]._state()
+    for a, b in zip(_leaves(done[0].state.teacher), _leaves(done[1].state.teacher)):
+      np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(
+      not np.allclose(t, p) for t, p in zip(_leaves(done[1].state.teacher), _leaves(done[1].params))
+    )

@@ -44,8 +44,7 @@ def test_rl_step_trains_only_adapters_with_kl_zero_at_start(tmp_path):
   assert sum(s != () for s in opt_shapes) == 2 * n  # Adam's mu and nu, nothing for the base
   # The frozen base travels as an argument of the compiled update (not a baked-in constant).
   lowered = tr.rl_update.lower(
-    tr.params,
-    jax.eval_shape(tr.rl_tx.init, tr.params),
+    tr.abstract_state(tr.rl_tx),
     __import__("postrain.train._memory", fromlist=["x"]).abstract_rl_batch(c),
     jax.ShapeDtypeStruct((), np.float32),
   )
@@ -53,9 +52,21 @@ def test_rl_step_trains_only_adapters_with_kl_zero_at_start(tmp_path):
   assert arg_leaves >= n + len(jax.tree.leaves(tr.rest))
   assert any(x.dtype == jax.numpy.uint4 for x in jax.tree.leaves(tr.rest))  # nf4 codes
   base_before = _leaves(tr.rest)
-  lora_before = _leaves(tr.params)
+  # Copies: a numpy view of a CPU buffer would keep the compiled update from donating it.
+  lora_before = [a.copy() for a in _leaves(tr.params)]
   tr._enter_rl()
+  old = tr.state
   metrics = tr._rl_step()
+  # The compiled update took the whole state, donated (adapters, optimiser state, key, step), and
+  # the frozen base as a separate argument: the base's buffers are alive, the old state's are not.
+  alive = [
+    (jax.tree_util.keystr(k), x.shape, x.dtype, x.sharding)
+    for k, x in jax.tree_util.tree_flatten_with_path(old)[0]
+    if not x.is_deleted()
+  ]
+  assert not alive, alive
+  assert not any(x.is_deleted() for x in jax.tree.leaves(tr.rest))
+  assert int(tr.state.step) == 0  # the loop, not the step, advances it
   # Step 0: B = 0, so the policy is the base and the KL to the adapter-free base is 0.
   assert abs(metrics["kl_ref"]) < 1e-6, metrics["kl_ref"]
   assert np.isfinite(metrics["loss"])
@@ -77,9 +88,13 @@ def test_bad_lora_config_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match=r"config\.model\.lora\.targets.*attn/x"):
     Trainer(c, str(tmp_path / "c"))
   c = _config()
-  c.model.lora.dropout = 0.1
-  with pytest.raises(ValueError, match=r"config\.model\.lora\.dropout"):
+  c.model.lora.dropout = 1.0
+  with pytest.raises(ValueError, match=r"config\.model\.lora\.dropout.*\[0, 1\)"):
     Trainer(c, str(tmp_path / "d"))
+  c = _config(rank=0)
+  c.model.lora.dropout = 0.1
+  with pytest.raises(ValueError, match=r"config\.model\.lora\.dropout.*lora\.rank > 0"):
+    Trainer(c, str(tmp_path / "e"))
 
 
 @pytest.mark.slow
@@ -138,3 +153,32 @@ def test_modes_run_with_lora(tmp_path, mode, algorithm, quantize):
   b_norm = sum(float(np.abs(np.asarray(x)).sum()) for p, x in nnx.to_flat_state(tr.params)
                if p[-1] == "lora_b")  # fmt: skip
   assert b_norm > 0
+
+
+@pytest.mark.slow
+def test_dropout_resume_is_exact(tmp_path):
+  """Adapter dropout 0.2 (SFT then GRPO, two micro-batches per update): 4 steps straight equal 3
+  steps + a new Trainer's 4th bit for bit (the masks are a function of the run's key and the
+  checkpointed optimiser step), and differ from the same run without dropout."""
+  c = _config(algorithm="grpo", kl_coef=0.1)
+  c.model.lora.dropout = 0.2
+  c.sft.microbatch_rows, c.rl.microbatch_rows = 4, 4
+  full = Trainer(c, str(tmp_path / "full"))
+  full.run()
+  part = Trainer(c, str(tmp_path / "part"))
+  part.total_steps = 3
+  part.run()
+  resumed = Trainer(c, str(tmp_path / "part"))
+  resumed.run()
+  assert resumed.step == full.step == 4
+  for a, b in zip(_leaves(resumed.params), _leaves(full.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(_leaves(resumed.opt_state), _leaves(full.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  c.model.lora.dropout = 0.0
+  plain = Trainer(c, str(tmp_path / "plain"))
+  plain.run()
+  diff = max(
+    float(np.abs(a - b).max()) for a, b in zip(_leaves(plain.params), _leaves(full.params))
+  )
+  assert diff > 1e-6, diff

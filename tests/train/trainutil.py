@@ -15,19 +15,26 @@ def load_config(arg: str = "scale=test"):
 
 
 def run_cli(
-  workdir: str, *overrides: str, arg: str = "scale=test", timeout: float = 600, wait: bool = True
+  workdir: str,
+  *overrides: str,
+  arg: str = "scale=test",
+  timeout: float = 600,
+  wait: bool = True,
+  config: str = DEFAULT_CONFIG,
+  env: dict | None = None,
 ):
-  """Runs `python -m postrain.train` on the default config in a subprocess."""
+  """Runs `python -m postrain.train` on a config file (the default one) in a subprocess; `env`:
+  variables added to the environment."""
   cmd = [
     sys.executable,
     "-m",
     "postrain.train",
-    f"--config={DEFAULT_CONFIG}:{arg}",
+    f"--config={config}:{arg}",
     f"--workdir={workdir}",
     "--config.progress_bar=False",
     *overrides,
   ]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
   if not wait:
     return subprocess.Popen(
       cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
