@@ -308,8 +308,9 @@ def make_update(
   dropout_key: jax.Array | None = None,
 ):
   """A jitted `(params, opt_state, batch, *static-free extras) -> (params, opt_state, aux)`: one
-  optimiser step on the batch (`optimizer_step`; `lora_dropout` / `dropout_key` as there), for code that keeps params and optimiser state
-  apart (the trainer itself uses `make_state_update` over its `TrainState`).
+  optimiser step on the batch (`optimizer_step`; `lora_dropout` / `dropout_key` as there), for
+  code that keeps params and optimiser state apart (the trainer itself uses `make_state_update`
+  over its `TrainState`).
 
   `rest=None` (LoRA): the model's other state is an argument, not a constant of the compiled
   step: `(params, opt_state, rest, batch, *extras)`, where params are the trainable adapters and
@@ -361,7 +362,8 @@ def make_state_update(
 
   Jit it with the state donated (`sharding.shard_state_update`, `MeshContext.shard_state_update`).
   `rest=None` (LoRA): `update(state, rest, batch, *extra)`, the frozen base an argument of the
-  compiled update, never part of the (donated) state nor a constant."""
+  compiled update, never part of the (donated) state nor a constant. `lora_dropout` /
+  `dropout_key`: as in `optimizer_step`."""
   step = optimizer_step(
     loss_fn,
     tx,
