@@ -34,20 +34,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from accelerator import _median_time  # this folder's script (run as `python benchmarks/...`)
 from flax import nnx
 
 from postrain import models, sampling
 from postrain import train as pt
-
-
-def _median_time(fn, repeats):
-  jax.block_until_ready(fn())  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def rooflines(repeats):
