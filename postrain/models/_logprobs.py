@@ -72,11 +72,15 @@ def logprobs(
   valid: jax.Array | None = None,
   return_entropy: bool = False,
   impl: str = "naive",
+  score_from: int = 0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Per-token log-probabilities log p(tokens[:, t] | tokens[:, :t]) under `model`.
 
   One full (uncached, differentiable) forward pass with positions `max(cumsum(valid) - 1, 0)`,
-  then the hidden state at t - 1 scores token t.
+  then the hidden state at t - 1 scores token t. With `score_from = s` the output projection and
+  the vocabulary softmax run only on columns t >= s (hidden states s - 1 .. T - 2): the sampler's
+  layout puts every response after the padded prompt width, so an RL batch scores its responses
+  without the [B, s, V] logits of its prompts (`RLBatch.score_from`).
 
   Args:
     model: a `Decoder`.
@@ -86,6 +90,8 @@ def logprobs(
     return_entropy: also return the entropy of each predictive distribution.
     impl: "naive" (materialised [B*T, V] logits), "chunked" or "pallas" (the fused
       vocabulary-chunked kernels of `postrain.kernels`; same values, no [B*T, V] tensor).
+    score_from: static int in [0, T); the first column that may be scored. Columns before it get
+      logp (and entropy) 0 whatever `mask` says there: the caller promises `mask` is 0 on them.
 
   Returns:
     logp: f32[B, T], 0 where mask is 0 and where the token has no context (column 0, and the
@@ -98,6 +104,9 @@ def logprobs(
   check_shape("mask", mask, tokens.shape, like="tokens")
   check_choice("impl", impl, IMPLS)
   b, t = tokens.shape
+  if not isinstance(score_from, int) or not 0 <= score_from < t:
+    raise ValueError(f"`score_from` must be a Python int in [0, {t}) (T = tokens.shape[1]), "
+                     f"got {score_from!r}.")  # fmt: skip
   valid = jnp.ones((b, t), bool) if valid is None else valid
   check_shape("valid", valid, tokens.shape, like="tokens")
   valid = valid.astype(bool)
@@ -107,16 +116,19 @@ def logprobs(
   # A token scores only with context: column 0 and the first token after left padding give 0.
   has_context = jnp.concatenate([jnp.zeros((b, 1), bool), valid[:, :-1]], axis=1)
   keep = mask.astype(bool) & has_context
+  s = max(score_from, 1)  # the scored columns s .. T - 1, from the hidden states s - 1 .. T - 2
+  n = b * (t - s)
   logp, entropy = token_logprobs_from_hidden(
-    hidden_BTD[:, :-1].reshape(b * (t - 1), d),
+    hidden_BTD[:, s - 1 : -1].reshape(n, d),
     model.output_embedding(),
-    tokens[:, 1:].reshape(b * (t - 1)),
+    tokens[:, s:].reshape(n),
     impl=impl,
-    mask=keep[:, 1:].reshape(b * (t - 1)),
+    mask=keep[:, s:].reshape(n),
   )
-  zeros = jnp.zeros((b, 1), jnp.float32)
-  logp = jnp.where(keep, jnp.concatenate([zeros, logp.reshape(b, t - 1)], axis=1), 0.0)
+  zeros = jnp.zeros((b, s), jnp.float32)
+  keep = keep.at[:, :s].set(False)
+  logp = jnp.where(keep, jnp.concatenate([zeros, logp.reshape(b, t - s)], axis=1), 0.0)
   if not return_entropy:
     return logp
-  entropy = jnp.where(keep, jnp.concatenate([zeros, entropy.reshape(b, t - 1)], axis=1), 0.0)
+  entropy = jnp.where(keep, jnp.concatenate([zeros, entropy.reshape(b, t - s)], axis=1), 0.0)
   return logp, entropy

@@ -33,6 +33,10 @@ class RLBatch:
   sampler_logp  f32[B, T] | None   log-probs of the tokens under the model that sampled them,
                             when it is not the policy of `old_logp`; None: the same as `old_logp`
   is_weights    f32[B, T] | None   per-token importance weights inside the policy loss (F-TIS)
+  score_from    int (static)  no column before it is scored (`mask` is 0 there): the sampler's
+                            padded prompt width for a rollout batch (`from_rollout`), so the
+                            update's log-probs skip the output projection over the prompts
+                            (`models.logprobs(score_from=)`); 0 for a batch built field by field
 
   Old and sampler log-probs. The sampler runs the training policy (LoRA: a merged copy of it;
   mixed precision: the same bf16 forward), so its log-probs of the raw model are π_old itself:
@@ -58,6 +62,7 @@ class RLBatch:
   ref_logp: jax.Array | None = None
   sampler_logp: jax.Array | None = None
   is_weights: jax.Array | None = None
+  score_from: int = struct.field(pytree_node=False, default=0)
 
   @classmethod
   def of(cls, batch: RLBatch | Mapping[str, Any]) -> RLBatch:
@@ -78,7 +83,8 @@ class RLBatch:
   @classmethod
   def from_rollout(cls, out, *, loss_mask, advantages, rewards) -> RLBatch:
     """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
-    log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B]."""
+    log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B];
+    `score_from` is `out.prompt_len` (every response starts there)."""
     return cls(
       tokens=out.tokens,
       valid=out.valid,
@@ -87,11 +93,12 @@ class RLBatch:
       old_logp=out.model_logp,
       advantages=advantages,
       rewards=rewards,
+      score_from=int(out.prompt_len),
     )
 
   def fields(self) -> dict[str, jax.Array]:
-    """The filled fields by name (None fields left out)."""
-    out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+    """The filled array fields by name (None fields and the static `score_from` left out)."""
+    out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "score_from"}
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -79,8 +79,9 @@ class RLSpec:
 def _forward_logp(graphdef, params, rest, batch, impl):
   model = nnx.merge(graphdef, params, rest)
   return models.logprobs(
-    model, batch.tokens, batch.mask, valid=batch.valid, return_entropy=True, impl=impl
-  )
+    model, batch.tokens, batch.mask, valid=batch.valid, return_entropy=True, impl=impl,
+    score_from=batch.score_from,
+  )  # fmt: skip
 
 
 def mask_counts(mask: jax.Array, prefix: str = "") -> dict[str, jax.Array]:

@@ -140,3 +140,41 @@ def test_fused_impls_equal_naive_values_and_gradients(impl):
   np.testing.assert_allclose(v, v_ref, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_score_from_equals_full_scoring_values_and_gradients(impl):
+  """`score_from=s` (head only on columns >= s) = scoring every column, when `mask` is 0 before s:
+  the same log-probs, entropies and parameter gradients; columns before s are 0 even if `mask`
+  says otherwise (the documented contract)."""
+  cfg = models.get_config("tiny")
+  model = models.Decoder(cfg, rngs=nnx.Rngs(4))
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (3, 10)), jnp.int32)
+  valid = jnp.asarray(np.arange(10)[None, :] >= np.array([[0], [2], [3]]))
+  mask = valid & (jnp.arange(10)[None, :] >= 4)  # the responses start at column 4
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p, s):
+    m = nnx.merge(graphdef, p, rest)
+    lp, ent = models.logprobs(
+      m, tokens, mask, valid=valid, return_entropy=True, impl=impl, score_from=s
+    )
+    return jnp.sum(lp * jnp.arange(10)) + 0.3 * jnp.sum(ent), (lp, ent)
+
+  (v_ref, (lp_ref, ent_ref)), g_ref = jax.value_and_grad(loss, has_aux=True)(params, 0)
+  (v, (lp, ent)), g = jax.value_and_grad(loss, has_aux=True)(params, 4)
+  assert (np.asarray(lp_ref)[:, 4:] != 0).any()
+  np.testing.assert_allclose(lp, lp_ref, atol=1e-6)
+  np.testing.assert_allclose(ent, ent_ref, atol=1e-6)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  # a mask that reaches before `score_from`: those columns are not scored
+  m = nnx.merge(graphdef, params, rest)
+  cut = models.logprobs(m, tokens, valid, valid=valid, impl=impl, score_from=6)
+  full = models.logprobs(m, tokens, valid, valid=valid, impl=impl)
+  assert (np.asarray(cut)[:, :6] == 0).all() and (np.asarray(full)[:, 4:6] != 0).all()
+  np.testing.assert_allclose(np.asarray(cut)[:, 6:], np.asarray(full)[:, 6:], atol=1e-6)
+  with pytest.raises(ValueError, match="`score_from` must be a Python int in \\[0, 10\\)"):
+    models.logprobs(m, tokens, mask, score_from=10)
