@@ -16,8 +16,10 @@ rooflines are measured again right after each phase (the load of a shared host m
   decode roofline `rows / max(2 x params x rows / matmul rate, bytes per step / bandwidth)`, bytes
   per step = the float32 parameters + half the final KV cache;
 - log-probs: one forward of the batch (`models.logprobs`, the old / reference log-probs' cost);
-- update: one GSPO + AdamW optimiser step, model FLOP utilisation = 6 x params x tokens / time /
-  the matmul rate, for each `--remat` policy;
+- update: one GSPO + AdamW optimiser step on an RL batch (`--prompt-len` prompt columns, the
+  responses after them, `RLBatch.score_from`), model FLOP utilisation = model FLOPs / time / the
+  matmul rate, for each `--remat` policy; model FLOPs = 6 x (the blocks' parameters x all tokens +
+  the output projection's x the response tokens): the update runs the projection on responses only;
 - `transformers` `generate` (CPU torch, float32, `do_sample`, `min_new_tokens` = `max_new_tokens`,
   left-padded prompts, the same token ids) on the Hugging Face directory `vs_trl.py` writes.
 """
@@ -89,22 +91,27 @@ def sampler_phases(model, cfg, prompts, new, repeats):
   }
 
 
-def logprobs_and_update(remats, rows, t, micro, repeats):
+def logprobs_and_update(remats, rows, t, plen, micro, repeats):
+  """The RL batch's layout: a `plen`-column prompt, responses after it (`RLBatch.score_from`)."""
   out = {}
   rng = np.random.default_rng(0)
   for remat in remats:
     cfg, model = _gguf_model(remat)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    batch = dict(
+    n_head = cfg.vocab_size * cfg.embed_dim  # the output projection (tied: the embedding)
+    # Model FLOPs: the blocks on every token, the output projection on the response tokens.
+    flops = 6 * rows * ((n_params - n_head) * t + n_head * (t - plen))
+    response = jnp.broadcast_to(jnp.arange(t) >= plen, (rows, t)).astype(jnp.float32)
+    batch = pt.RLBatch(
       tokens=jnp.asarray(rng.integers(3, cfg.vocab_size, (rows, t)), jnp.int32),
-      valid=jnp.ones((rows, t), bool), mask=jnp.ones((rows, t)), loss_mask=jnp.ones((rows, t)),
-      old_logp=jnp.full((rows, t), -2.0), advantages=jnp.asarray(rng.normal(size=rows)),
-      rewards=jnp.zeros(rows),
+      valid=jnp.ones((rows, t), bool), mask=response, loss_mask=response,
+      old_logp=jnp.full((rows, t), -2.0) * response, advantages=jnp.asarray(rng.normal(size=rows)),
+      rewards=jnp.zeros(rows), score_from=plen,
     )  # fmt: skip
     if not out:
       lp = pt.make_logprob_fn(graphdef, rest, "chunked")
-      args = (params, batch["tokens"], batch["mask"], batch["valid"])
+      args = (params, batch.tokens, batch.mask, batch.valid)
       s = _median_time(functools.partial(lp, *args), repeats)
       roof = rooflines(5)
       out["logprobs_s"] = s
@@ -127,7 +134,7 @@ def logprobs_and_update(remats, rows, t, micro, repeats):
     roof = rooflines(5)
     out[f"update_remat_{remat}_matmul_gflops"] = roof["matmul_gflops"]
     out[f"update_remat_{remat}_s"] = s
-    out[f"update_remat_{remat}_mfu"] = 6 * n_params * rows * t / s / 1e9 / roof["matmul_gflops"]
+    out[f"update_remat_{remat}_mfu"] = flops / s / 1e9 / roof["matmul_gflops"]
   return out
 
 
@@ -136,7 +143,7 @@ def hf_generate(prompts, new, repeats):
   from transformers import AutoModelForCausalLM
   from vs_trl import ensure_hf_dir  # this folder's script (run as `python benchmarks/...`)
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # `taskset` respected
   torch.manual_seed(0)
   model = AutoModelForCausalLM.from_pretrained(ensure_hf_dir(), dtype=torch.float32).eval()
   ids = torch.as_tensor(prompts)
@@ -174,7 +181,12 @@ def main() -> None:
     out["sampler_vs_hf_generate"] = out["hf_generate_s"] / out["sample_s"]
   out.update(
     logprobs_and_update(
-      args.remat.split(","), args.rows, args.update_len, args.microbatch_rows, args.repeats
+      args.remat.split(","),
+      args.rows,
+      args.update_len,
+      args.prompt_len,
+      args.microbatch_rows,
+      args.repeats,
     )
   )
   out["load_average_end"] = os.getloadavg()
