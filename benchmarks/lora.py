@@ -1,18 +1,22 @@
 """LoRA / QLoRA memory and step time: full fine-tuning vs LoRA r=16 vs LoRA r=16 on an NF4 base.
 
   python benchmarks/lora.py memory [--models smollm2-135m,qwen3-0.6b,qwen3-1.7b] [--fsdp 1,8]
-  python benchmarks/lora.py step [--steps 3]
+      [--kinds full,lora,qlora] [--qlora-embed bfloat16|float32]
+  python benchmarks/lora.py step [--steps 3] [--model tiny|smollm2] [--runs full,lora16-merged,...]
 
 `memory`: the RL update (GSPO, the trainer's AdamW, blocks rematerialised) lowered for abstract
 inputs on 8 fake CPU devices (mesh data = 8 / fsdp, fsdp) and compiled; per device: the bytes of
 the trainable parameters + optimiser state, of the frozen base (LoRA: an argument of the update),
 and XLA's `memory_analysis()` arguments, temporaries and peak. Weights from the configs' shapes
 (random, nothing allocated); float32 parameters (the full run's master weights), the LoRA base in
-float32 / NF4 (codes + scales). Qwen3-1.7B: the qwen3-0.6b config with d 2048, MLP 6144.
+float32, or for QLoRA NF4 projections (codes + scales) with the embedding in bfloat16
+(`models.quantize_base`). Qwen3-1.7B: the qwen3-0.6b config with d 2048, MLP 6144.
 
-`step`: seconds per RL step (sample -> score -> update) of `configs/default.py:scale=smoke` (the
-tiny 2-layer model) through the Trainer, full vs LoRA r=16 with the merged sampling copy vs LoRA
-with adapters applied while decoding; the mean of the steps after the first (compilation).
+`step`: seconds per RL step (sample -> score -> update) through the Trainer, full vs LoRA r=16
+with the merged sampling copy vs LoRA with adapters applied while decoding, in one process, one
+run after another; the median of the steps after the first (compilation). `--model tiny`:
+`configs/default.py:scale=smoke` (the 2-layer model); `--model smollm2`: SmolLM2-135M-Instruct
+(GGUF weights) at 4 prompts x 4 samples x 32 new tokens.
 """
 
 import os
@@ -51,8 +55,10 @@ def _per_device(abstract, shardings) -> int:
   return sum(int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize for x, s in leaves)
 
 
-def measure(name: str, kind: str, fsdp: int, rows: int = 8, length: int = 64) -> dict:
-  """kind: "full", "lora" (r=16) or "qlora" (r=16, NF4 base)."""
+def measure(
+  name: str, kind: str, fsdp: int, rows: int = 8, length: int = 64, embed_dtype: str = "bfloat16"
+) -> dict:
+  """kind: "full", "lora" (r=16) or "qlora" (r=16, NF4 base, the embedding in `embed_dtype`)."""
   cfg = model_config(name)
   mesh = sharding.make_mesh({"data": 8 // fsdp, "fsdp": fsdp, "tensor": 1})
   rules = sharding.default_rules()
@@ -61,7 +67,9 @@ def measure(name: str, kind: str, fsdp: int, rows: int = 8, length: int = 64) ->
     m = models.Decoder(cfg, rngs=nnx.Rngs(0))
     if kind != "full":
       models.add_lora(m, rank=16, alpha=32.0)
-      models.quantize_base(m, "nf4" if kind == "qlora" else "none")
+      models.quantize_base(
+        m, "nf4" if kind == "qlora" else "none", embed_dtype=jnp.dtype(embed_dtype)
+      )
     return m
 
   abstract = nnx.eval_shape(build)
@@ -129,8 +137,8 @@ def memory(args) -> None:
   for name in args.models.split(","):
     for fsdp in (int(f) for f in args.fsdp.split(",")):
       full = None
-      for kind in ("full", "lora", "qlora"):
-        r = measure(name, kind, fsdp)
+      for kind in ("full", *(k for k in args.kinds.split(",") if k != "full")):
+        r = measure(name, kind, fsdp, embed_dtype=args.qlora_embed)
         full = full or r["peak"]
         print(
           f"{name:>13} {fsdp:>4} {kind:>6} {r['trainable']:10.1f} {r['frozen']:9.1f} "
@@ -140,26 +148,72 @@ def memory(args) -> None:
         )
 
 
-def step_time(args) -> None:
-  sys.path.insert(0, os.path.join(REPO, "configs"))
+def _step_config(model: str):
+  """The RL step's config: the tiny 2-layer model of `default.py:scale=smoke`, or SmolLM2-135M
+  (`smollm2_arithmetic_gspo.py:scale=cpu`, the GGUF weights) at 4 prompts x 4 samples x 32 tokens,
+  one optimiser step in micro-batches of 8 rows."""
   from postrain.train.config import load_config_file
 
-  print(f"RL step seconds, configs/default.py:scale=smoke ({jax.devices()[0].platform}, 1 device)")
-  for label, rank, merged in (("full", 0, True), ("lora16-merged", 16, True),
-                              ("lora16-on-the-fly", 16, False)):  # fmt: skip
+  if model == "tiny":
     c = load_config_file(os.path.join(REPO, "configs", "default.py"), "scale=smoke")
-    c.sft.steps, c.rl.steps, c.progress_bar = 0, args.steps, False
+  else:
+    c = load_config_file(os.path.join(REPO, "configs", "smollm2_arithmetic_gspo.py"), "scale=cpu")
+    c.rl.prompts_per_step, c.rl.group_size, c.rl.max_new_tokens = 4, 4, 32
+    c.rl.updates_per_batch, c.rl.microbatch_rows = 1, 8
+  c.sft.steps, c.progress_bar, c.memory.check = 0, False, "off"
+  return c
+
+
+RUNS = (("full", 0, True), ("lora16-merged", 16, True), ("lora16-on-the-fly", 16, False))
+
+
+def step_time(args) -> None:
+  """The runs (`--runs`, in that order) one after another in this process (one trainer alive at a
+  time: three SmolLM2 trainers side by side took 7 GB); medians of the steps after the first."""
+  import gc
+
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  c = _step_config(args.model)
+  rows = c.rl.prompts_per_step * c.rl.group_size
+  print(
+    f"RL step seconds, {args.model} ({rows} rows x {c.rl.max_new_tokens} new tokens, "
+    f"{jax.devices()[0].platform}, 1 device); median of steps 2..{args.steps}"
+  )
+  out = {}
+  runs = {label: (rank, merged) for label, rank, merged in RUNS}
+  for label in args.runs.split(","):
+    if label not in runs:
+      raise ValueError(f"--runs: {label!r} is not one of {list(runs)}")
+  for label in args.runs.split(","):
+    rank, merged = runs[label]
+    c = _step_config(args.model)
+    c.rl.steps = args.steps
     c.model.lora.rank, c.model.lora.sample_merged = rank, merged
+    times, parts = [], []
     with tempfile.TemporaryDirectory() as d:
       tr = train.Trainer(c, d)
       tr._enter_rl()
-      times = []
       for _ in range(args.steps):
         start = time.perf_counter()
-        tr._rl_step()
+        m = tr._rl_step()
         tr.step += 1
         times.append(time.perf_counter() - start)
-    print(f"{label:>18}: {np.mean(times[1:]):.3f} s/step (first {times[0]:.1f} s)", flush=True)
+        parts.append(m["response_len"] * rows / m["sample_tokens_per_s"])  # sampling seconds
+      del tr
+      gc.collect()
+      jax.clear_caches()
+    out[label] = float(np.median(times[1:]))
+    sample_s = float(np.median(parts[1:]))
+    print(
+      f"{label:>18}: {out[label]:.3f} s/step (sampling {sample_s:.3f}, rest "
+      f"{out[label] - sample_s:.3f}; first step {times[0]:.1f} s; all "
+      f"{', '.join(f'{t:.2f}' for t in times)})",
+      flush=True,
+    )
+  for a, b in (("lora16-merged", "full"), ("lora16-on-the-fly", "full"),
+               ("lora16-merged", "lora16-on-the-fly")):  # fmt: skip
+    if a in out and b in out:
+      print(f"{a} / {b}: {out[a] / out[b]:.3f}")
 
 
 def main() -> None:
@@ -168,8 +222,12 @@ def main() -> None:
   m = sub.add_parser("memory")
   m.add_argument("--models", default="smollm2-135m,qwen3-0.6b,qwen3-1.7b")
   m.add_argument("--fsdp", default="1,8")
+  m.add_argument("--kinds", default="full,lora,qlora", help="full is always measured (the ratio)")
+  m.add_argument("--qlora-embed", default="bfloat16", help="the QLoRA base's embedding dtype")
   s = sub.add_parser("step")
   s.add_argument("--steps", type=int, default=3)
+  s.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+  s.add_argument("--runs", default=",".join(r[0] for r in RUNS), help="which runs, in this order")
   a = p.parse_args()
   memory(a) if a.cmd == "memory" else step_time(a)
 

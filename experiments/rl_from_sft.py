@@ -7,7 +7,11 @@ SFT checkpoint into its own workdir, so the variants differ only in their RL set
       task.num_train=2000 task.kwargs.max_digits=1 sft.steps=300 rl.steps=40 rl.lr=1e-4
 
 Overrides are `key=value` on top of `configs/default.py`; an RL run must repeat the SFT run's task
-and `sft.steps` so that the data, tokenizer and step count match.
+and `sft.steps` so that the data, tokenizer and step count match. With `model.lora.rank=R` the RL
+run trains LoRA adapters over the SFT model (its frozen base) instead of the full weights:
+
+  python experiments/rl_from_sft.py rl runs/lora_main/lora16 --sft runs/lora_main/sft \
+      model.lora.rank=16 model.lora.alpha=32 rl.lr=1e-3
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import pathlib
 import shutil
 
-from postrain.train import Checkpointer, Trainer, abstract_like
+from postrain.train import Checkpointer, Trainer, abstract_like, load_run
 from postrain.train import config as config_lib
 
 DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -56,6 +60,15 @@ def main() -> None:
   if not config.tokenizer.path:  # exactly the SFT run's tokenizer, whatever this version trains
     (model,) = (pathlib.Path(args.workdir) / "tokenizer").glob("*.model")
     config.tokenizer.path = str(model)
+  if config.model.lora.rank > 0:  # adapters over the SFT model, which is the frozen base
+    sft = load_run(args.sft, what="--sft")
+    if sft.step != config.sft.steps:
+      raise ValueError(f"--sft checkpoint is at step {sft.step}, but sft.steps={config.sft.steps}")
+    trainer = Trainer(config, args.workdir, model=sft.model)
+    trainer.step = sft.step  # fresh adapters (B = 0: the SFT model exactly) and RL's fresh AdamW
+    report = trainer.run()
+    print(json.dumps(report["evals"]))
+    return
   trainer = Trainer(config, args.workdir)
   sft_ckpt = Checkpointer(str(pathlib.Path(args.sft) / "checkpoints"), every=1, keep=1000)
   abstract = abstract_like(

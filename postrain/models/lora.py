@@ -7,6 +7,8 @@ over a frozen base that may be quantised to int8 or NF4 (qwix `quantize` / `dequ
     graphdef, lora, base, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
     with models.lora_disabled():                            # inside a traced function: the base
       ref = models.forward(model, tokens)
+    with models.lora_dropout(0.05, key):                    # inside the traced training loss
+      logp = models.logprobs(model, tokens, mask)           # adapters' input dropped out
     plain = models.merge_lora(model)                        # a plain Decoder, W + scale * A @ B
     models.save_peft_dir(model, "adapter/")                 # PEFT's adapter_config + safetensors
 
@@ -262,10 +264,15 @@ def quantize_weight(w: jax.Array, mode: str, n_in: int) -> Any:
   raise ValueError(f"config.model.quantize: must be one of {QUANTIZE_MODES}, got {mode!r}.")
 
 
-def quantize_base(model: Decoder, mode: str) -> Decoder:
+def quantize_base(model: Decoder, mode: str, *, embed_dtype: Any = jnp.bfloat16) -> Decoder:
   """Quantises every projection weight of the base (in place; returns `model`) to `mode` ("int8"
-  or "nf4"; "none" leaves it). Embeddings, the LM head, norms and the adapters stay as they are;
-  the forward pass dequantises each weight to the activation dtype (`_layers.weight`)."""
+  or "nf4"; "none" leaves it); the forward pass dequantises each weight to the activation dtype
+  (`_layers.weight`).
+
+  The token embedding and the untied LM head are stored in `embed_dtype` (bfloat16; None keeps
+  them): with LoRA they are frozen whether tied or not (adapters only attach to the projections,
+  `resolve_targets`), and QLoRA (arXiv:2305.14314) keeps its non-quantised weights in the 16-bit
+  compute dtype too. Norms and the adapters stay as they are."""
   if mode not in QUANTIZE_MODES:
     raise ValueError(f"config.model.quantize: must be one of {QUANTIZE_MODES}, got {mode!r}.")
   if mode == "none":
@@ -275,6 +282,10 @@ def quantize_base(model: Decoder, mode: str) -> Decoder:
   for _, module, name, n_in in _projections(model):
     param = getattr(module, name)
     param.set_value(quantize_weight(param.get_value(), mode, n_in))
+  if embed_dtype is not None:
+    for param in (model.embedding, model.lm_head):
+      if param is not None and jnp.dtype(param.get_value().dtype).itemsize > 2:
+        param.set_value(param.get_value().astype(embed_dtype))
   return model
 
 

@@ -84,3 +84,71 @@ def test_lora_update_on_8_devices_matches_one(mesh_cfg, quantize):
     np.testing.assert_allclose(float(aux["loss"]), loss, rtol=1e-5, atol=1e-6)
     for x, y in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(want)):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+# -- a LoRA run's checkpoint restored onto another mesh ---------------------------------------------
+
+# The trainer mesh tests' run (`trainer_case`: SFT 2 + RL 3 steps, KL on) with rank-4 adapters on an
+# NF4 base: its checkpoints hold only the adapters and their Adam state.
+LORA_OVERRIDES = (
+  ("model.lora.rank", 4),
+  ("model.lora.alpha", 8.0),
+  ("model.quantize", "nf4"),
+)
+
+
+@pytest.mark.slow
+def test_lora_checkpoint_resumes_on_another_mesh_and_on_one_device(tmp_path):
+  """fsdp=8 writes checkpoints 2, 4, 5; from step 4 the run resumes (a) in this process on
+  data2-fsdp2-tensor2 and (b) in a one-device CLI process, and its last step, metrics and final
+  adapters / Adam state equal the uninterrupted fsdp=8 run's (float32 reduction-order noise)."""
+  import os
+  import shutil
+
+  import trainer_case as tcase
+
+  from postrain import train
+
+  overrides = tcase.OVERRIDES + LORA_OVERRIDES
+  first = str(tmp_path / "fsdp8")
+  trainer = train.Trainer(tcase.config(overrides, fsdp=8), first)
+  trainer.run()
+  assert dict(trainer.mesh.mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(trainer.rest))
+  assert tcase.checkpoint_steps(first) == [2, 4, 5]
+  final = tcase.restore_numpy(first, 5)
+  assert set(final) == {"params", "opt_state"}  # no copy of the base or of a KL reference
+  assert all("_lora" in k for k in tcase.flat(final["params"]))
+
+  def resumable(name):
+    workdir = str(tmp_path / name)
+    shutil.copytree(first, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "5"))  # resume from step 4 (RL state)
+    return workdir
+
+  # (a) Another mesh in this process: the restored state equals the checkpoint, in the new shards.
+  second = resumable("mesh222")
+  new = train.Trainer(tcase.config(overrides, data=2, fsdp=2, tensor=2), second)
+  new._restore()
+  assert new.step == 4
+  saved = tcase.restore_numpy(second, 4)
+  got = tcase.flat(jax.device_get(new._state()))
+  for key, value in tcase.flat(saved).items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  for x, s in zip(jax.tree.leaves(new.params), jax.tree.leaves(new.param_shardings)):
+    assert x.sharding.is_equivalent_to(s, x.ndim)
+    assert dict(x.sharding.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  new.run()
+  assert tcase.checkpoint_steps(second) == [2, 4, 5]
+  tcase.assert_records_close(tcase.train_records(second), tcase.train_records(first))
+  tcase.assert_trees_close(jax.device_get(new.params), final["params"], "adapters (mesh222)")
+  tcase.assert_trees_close(jax.device_get(new.opt_state), final["opt_state"], "Adam (mesh222)")
+
+  # (b) One device: the CLI in a one-device process resumes the fsdp=8 checkpoint.
+  third = resumable("one_device")
+  tcase.run_one_device(third, overrides)
+  assert tcase.checkpoint_steps(third) == [2, 4, 5]
+  tcase.assert_records_close(tcase.train_records(third), tcase.train_records(first))
+  one = tcase.restore_numpy(third, 5)
+  tcase.assert_trees_close(one["params"], final["params"], "adapters (one device)")
+  tcase.assert_trees_close(one["opt_state"], final["opt_state"], "Adam (one device)")
