@@ -143,6 +143,29 @@ def restore_params(workdir: str, abstract_params: Any, *, what: str = "workdir")
   return params, step
 
 
+def checkpoint_meta(workdir: str, step: int) -> dict[str, Any]:
+  """The metadata the trainer saved with checkpoint `step` of `workdir` (step, data position,
+  the run's key, a LoRA run's `lora_base`)."""
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "meta"))
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+    return dict(ckptr.restore(path))
+
+
+def _check_lora_base(workdir: str, sha256: str, *, given: bool, what: str) -> None:
+  """A LoRA run's adapters only fit the base they trained on: its checkpoint records the base's
+  SHA-256 (`models.base_sha256`), compared here with the base about to be merged."""
+  step = checkpoint_steps(workdir)[-1]
+  saved = checkpoint_meta(workdir, step).get("lora_base") or {}
+  if saved.get("sha256") == sha256:
+    return
+  source = "the `base` given" if given else "the base its config builds"
+  raise ValueError(
+    f"{what}: the LoRA run {workdir!r} (checkpoint {step}) trained on the base {saved}, not on "
+    f"{source} (SHA-256 {sha256[:16]}...); pass `load_run(..., base=)` the model it trained on "
+    "(a run started with `Trainer(model=...)`, e.g. over an SFT run's model: that run's model)."
+  )
+
+
 def jax_tree_to_numpy(tree: Any) -> Any:
   """Orbax's nested dicts as nnx pure dicts: `{"value": x}` variable leaves unwrapped."""
   if isinstance(tree, dict):
@@ -189,6 +212,7 @@ def load_run(
   overrides: dict[str, Any] | None = None,
   dtype: str = "",
   what: str = "workdir",
+  base: models.Decoder | None = None,
 ) -> Run:
   """Run `workdir`'s config, tokenizer and model at its newest checkpoint.
 
@@ -196,8 +220,12 @@ def load_run(
     workdir: a postrain run directory (config.json, tokenizer/, checkpoints/).
     model_name, overrides, dtype: replace the run's model settings (`run_model`); rarely needed.
     what: the config key or argument naming `workdir`, for error messages.
+    base: a LoRA run only: the frozen base it trained on, when that was not the model its config
+      builds (a run started with `Trainer(config, workdir, model=...)`, e.g. RL with LoRA over an
+      SFT run's model). Default: the base built from the run's config.
 
-  Raises FileNotFoundError when the workdir has no config.json or no checkpoint.
+  Raises FileNotFoundError when the workdir has no config.json or no checkpoint; ValueError when a
+  LoRA run's base (the SHA-256 its checkpoint records) is not the one given or built.
   """
   config = read_config(workdir, what=what)
   if not checkpoint_steps(workdir):
@@ -207,7 +235,11 @@ def load_run(
   if lora is not None and lora.rank > 0:
     # A LoRA run: its base (the trainer's seed for a scratch model), the adapters from the
     # checkpoint, merged into a plain decoder.
-    model = run_model(config, tokenizer.vocab_size, dtype=dtype, seed=config.seed)
+    if base is None:
+      model = run_model(config, tokenizer.vocab_size, dtype=dtype, seed=config.seed)
+    else:
+      model = nnx.clone(base)  # adapters are added in place: leave the caller's model alone
+    _check_lora_base(workdir, models.base_sha256(model), given=base is not None, what=what)
     models.add_lora(
       model, rank=int(lora.rank), alpha=float(lora.alpha) or None, targets=tuple(lora.targets),
       seed=config.seed,

@@ -132,6 +132,30 @@ def test_resume_is_exact_and_refuses_another_base(tmp_path):
   other = build_model(c, resumed.data.tokenizer.vocab_size, seed=c.seed + 1)
   with pytest.raises(ValueError, match=r"config\.model: the LoRA checkpoint .* SHA-256 differ"):
     Trainer(c, str(tmp_path / "part"), model=other).run()
+  with pytest.raises(ValueError, match=r"run: the LoRA run .* not on the `base` given"):
+    load_run(str(tmp_path / "part"), base=other, what="run")
+
+
+def test_load_run_of_lora_over_a_given_base(tmp_path):
+  """A LoRA run over a model passed to the Trainer (e.g. an SFT run's): `load_run` refuses the
+  base its config would build (not the one trained on) and merges onto the `base` given."""
+  from postrain.train import load_run
+
+  c = _config()
+  c.rl.steps = 0
+  given = build_model(c, 256, seed=c.seed + 7)  # the test tokenizer's vocabulary (checked below)
+  tr = Trainer(c, str(tmp_path / "run"), model=given)
+  assert tr.data.tokenizer.vocab_size == 256
+  tr.run()
+  with pytest.raises(
+    ValueError, match=r"not on the base its config builds .* `load_run\(\.\.\., base=\)`"
+  ):
+    load_run(str(tmp_path / "run"))
+  run = load_run(str(tmp_path / "run"), base=given)
+  tokens = np.asarray([[1, 2, 3, 4, 5]], np.int32)
+  want = models.forward(tr.sampling_model(tr.params), tokens)
+  np.testing.assert_allclose(models.forward(run.model, tokens), want, atol=1e-6)
+  assert models.has_lora(given) is False  # the caller's model is left alone
 
 
 @pytest.mark.slow
