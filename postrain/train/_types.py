@@ -84,7 +84,8 @@ class RLBatch:
   def from_rollout(cls, out, *, loss_mask, advantages, rewards) -> RLBatch:
     """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
     log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B];
-    `score_from` is `out.prompt_len` (every response starts there)."""
+    `score_from` is `out.prompt_len` (every response starts there; 0, every column scored, for an
+    output without one)."""
     return cls(
       tokens=out.tokens,
       valid=out.valid,
@@ -93,7 +94,7 @@ class RLBatch:
       old_logp=out.model_logp,
       advantages=advantages,
       rewards=rewards,
-      score_from=int(out.prompt_len),
+      score_from=int(getattr(out, "prompt_len", 0)),
     )
 
   def fields(self) -> dict[str, jax.Array]:
