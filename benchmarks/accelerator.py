@@ -88,10 +88,29 @@ def decode(rows_list, repeats, bandwidth):
   return out
 
 
+def gspo_update(graphdef, rest, microbatch_rows=0):
+  """(AdamW, the jitted GSPO update of `pt.make_update`) with the benchmarks' fixed settings."""
+  from postrain import train as pt
+
+  tx = pt.make_optimizer(
+    lr=1e-6, steps=10, warmup_steps=1, min_lr_ratio=0.1, weight_decay=0.0, b1=0.9, b2=0.98,
+    grad_clip=1.0,
+  )  # fmt: skip
+  spec = pt.RLSpec(
+    algorithm="gspo", group_size=8, eps_low=3e-4, eps_high=4e-4, dual_clip=None,
+    agg="seq_mean_token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
+    conspo_tau=10.0, logprob_impl="chunked",
+  )  # fmt: skip
+  fn = pt.make_update(
+    functools.partial(pt.rl_loss, spec=spec), tx, graphdef, rest,
+    counts_fn=functools.partial(pt.rl_counts, spec=spec) if microbatch_rows else None,
+    microbatch_rows=microbatch_rows, group_size=8,
+  )  # fmt: skip
+  return tx, fn
+
+
 def update(repeats, tflops):
   from flax import nnx
-
-  from postrain import train as pt
 
   out = {}
   rows, t = 64, 256
@@ -99,16 +118,7 @@ def update(repeats, tflops):
     cfg, model = _model(dtype, "float32", "block")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    tx = pt.make_optimizer(
-      lr=1e-6, steps=10, warmup_steps=1, min_lr_ratio=0.1, weight_decay=0.0, b1=0.9, b2=0.98,
-      grad_clip=1.0,
-    )  # fmt: skip
-    spec = pt.RLSpec(
-      algorithm="gspo", group_size=8, eps_low=3e-4, eps_high=4e-4, dual_clip=None,
-      agg="seq_mean_token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
-      conspo_tau=10.0, logprob_impl="chunked",
-    )  # fmt: skip
-    fn = pt.make_update(functools.partial(pt.rl_loss, spec=spec), tx, graphdef, rest)
+    tx, fn = gspo_update(graphdef, rest)
     rng = np.random.default_rng(0)
     batch = dict(
       tokens=jnp.asarray(rng.integers(3, cfg.vocab_size, (rows, t)), jnp.int32),

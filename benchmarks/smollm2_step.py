@@ -36,7 +36,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from accelerator import _median_time  # this folder's script (run as `python benchmarks/...`)
+
+# this folder's script (run as `python benchmarks/...`)
+from accelerator import _median_time, gspo_update
 from flax import nnx
 
 from postrain import models, sampling
@@ -116,19 +118,7 @@ def logprobs_and_update(remats, rows, t, plen, micro, repeats):
       roof = rooflines(5)
       out["logprobs_s"] = s
       out["logprobs_of_matmul_rate"] = 2 * n_params * rows * t / s / 1e9 / roof["matmul_gflops"]
-    tx = pt.make_optimizer(
-      lr=1e-6, steps=10, warmup_steps=1, min_lr_ratio=0.1, weight_decay=0.0, b1=0.9, b2=0.98,
-      grad_clip=1.0,
-    )  # fmt: skip
-    spec = pt.RLSpec(
-      algorithm="gspo", group_size=8, eps_low=3e-4, eps_high=4e-4, dual_clip=None,
-      agg="seq_mean_token_mean", max_len=None, kl_coef=0.0, kl_kind="k3", entropy_coef=0.0,
-      conspo_tau=10.0, logprob_impl="chunked",
-    )  # fmt: skip
-    fn = pt.make_update(
-      functools.partial(pt.rl_loss, spec=spec), tx, graphdef, rest,
-      counts_fn=functools.partial(pt.rl_counts, spec=spec), microbatch_rows=micro, group_size=8,
-    )  # fmt: skip
+    tx, fn = gspo_update(graphdef, rest, microbatch_rows=micro)
     args = (params, tx.init(params), batch, jnp.float32(0.0))
     s = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)
     roof = rooflines(5)
