@@ -98,9 +98,9 @@ def test_bad_lora_config_fails_before_compiling(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_is_exact_and_refuses_another_base(tmp_path):
-  """SFT then RL (GRPO, KL on): 4 steps straight vs 3 steps, a new Trainer, the 4th step."""
-  c = _config(algorithm="grpo", kl_coef=0.1)
+def _resume_equals_straight(c, tmp_path) -> Trainer:
+  """4 steps straight vs 3 steps, a new Trainer, the 4th step: adapters and AdamW state equal bit
+  for bit. Returns the resumed trainer."""
   full = Trainer(c, str(tmp_path / "full"))
   full.run()
   part = Trainer(c, str(tmp_path / "part"))
@@ -113,6 +113,13 @@ def test_resume_is_exact_and_refuses_another_base(tmp_path):
     np.testing.assert_array_equal(a, b)
   for a, b in zip(_leaves(resumed.opt_state), _leaves(full.opt_state)):
     np.testing.assert_array_equal(a, b)
+  return resumed
+
+
+def test_resume_is_exact_and_refuses_another_base(tmp_path):
+  """SFT then RL (GRPO, KL on): 4 steps straight vs 3 steps, a new Trainer, the 4th step."""
+  c = _config(algorithm="grpo", kl_coef=0.1)
+  resumed = _resume_equals_straight(c, tmp_path)
   # The checkpoint holds only the adapters (+ optimiser state), and a pointer to the base.
   meta = resumed.checkpointer.restore_latest(
     __import__("postrain.train._checkpoint", fromlist=["x"]).abstract_like(resumed._state())
@@ -187,22 +194,11 @@ def test_dropout_resume_is_exact(tmp_path):
   c = _config(algorithm="grpo", kl_coef=0.1)
   c.model.lora.dropout = 0.2
   c.sft.microbatch_rows, c.rl.microbatch_rows = 4, 4
-  full = Trainer(c, str(tmp_path / "full"))
-  full.run()
-  part = Trainer(c, str(tmp_path / "part"))
-  part.total_steps = 3
-  part.run()
-  resumed = Trainer(c, str(tmp_path / "part"))
-  resumed.run()
-  assert resumed.step == full.step == 4
-  for a, b in zip(_leaves(resumed.params), _leaves(full.params)):
-    np.testing.assert_array_equal(a, b)
-  for a, b in zip(_leaves(resumed.opt_state), _leaves(full.opt_state)):
-    np.testing.assert_array_equal(a, b)
+  resumed = _resume_equals_straight(c, tmp_path)  # its params are the straight run's, bit for bit
   c.model.lora.dropout = 0.0
   plain = Trainer(c, str(tmp_path / "plain"))
   plain.run()
   diff = max(
-    float(np.abs(a - b).max()) for a, b in zip(_leaves(plain.params), _leaves(full.params))
+    float(np.abs(a - b).max()) for a, b in zip(_leaves(plain.params), _leaves(resumed.params))
   )
   assert diff > 1e-6, diff
