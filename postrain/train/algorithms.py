@@ -192,11 +192,13 @@ REGISTRY: dict[str, Algorithm] = {
     # GSPO (arXiv 2507.18071): sequence ratio, clip 3e-4 / 4e-4.
     Algorithm("gspo", _ppo("sequence"), _GSPO_CLIP),
     Algorithm("gspo_token", _ppo("sequence_token"), _GSPO_CLIP),
-    # CISPO (arXiv 2506.13585): only the upper IS-weight clip is active by default.
+    # CISPO (arXiv 2506.13585): only the upper IS-weight clip is active by default. The paper
+    # sets eps_low "to a large value" (no lower bound): eps_low 1 puts the bound at r >= 0, which
+    # every ratio meets (eps_low 0 would raise every weight below 1 to 1).
     Algorithm(
       "cispo",
       _clipped(losses.cispo),
-      dict(eps_low=0.0, eps_high=0.28, agg="token_mean", adv_scale="group"),
+      dict(eps_low=1.0, eps_high=0.28, agg="token_mean", adv_scale="group"),
       is_weights=False,
     ),
     # ConSPO (arXiv 2605.12969): tau 10, margin 0.01 warmed up over 30% of training.

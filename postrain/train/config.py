@@ -150,6 +150,10 @@ def base_config() -> mlc.ConfigDict:
   # over micro-batches of whole groups into one optimiser step (same loss, metrics and step as
   # without; the activations of one micro-batch alive at a time). 0: the whole minibatch at once.
   c.rl.microbatch_rows = 0
+  # The update runs a prompt's columns once for its group_size samples (`RLBatch.prompt_group`,
+  # `models.Decoder.shared_prefix`): the same loss and gradient up to float32 summation order, in
+  # (prompt / group_size + response) / (prompt + response) of the forward and backward work.
+  c.rl.share_prompt = True
   c.rl.lr = 1e-4
   c.rl.max_new_tokens = 64
   c.rl.cache_size = 192
@@ -359,9 +363,10 @@ def validate(c: mlc.ConfigDict) -> None:
     f"{c.rl.group_size} (whole groups)",
   )
   need(
-    0 <= c.rl.eps_low < 1 and c.rl.eps_high >= 0,
+    (0 <= c.rl.eps_low < 1 or (c.rl.eps_low == 1 and c.rl.algorithm == "cispo"))
+    and c.rl.eps_high >= 0,
     "rl.eps_low/eps_high",
-    "clip ranges must be in [0, 1)",
+    "clip ranges must be in [0, 1) (cispo's eps_low in [0, 1]: 1 is no lower bound)",
   )
   need(c.rl.dual_clip == 0 or c.rl.dual_clip > 1, "rl.dual_clip", "must be 0 (off) or > 1")
   need(c.rl.temperature > 0, "rl.temperature", "must be > 0 for RL sampling")

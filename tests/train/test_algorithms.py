@@ -85,6 +85,26 @@ def test_sapo_entry_passes_its_section_to_the_loss():
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_cispo_defaults_bound_the_weight_only_from_above():
+  """CISPO's trainer defaults (the paper: no lower bound on the IS weight): a token with ratio
+  r < 1 keeps weight r, so the loss equals the numpy sum of -min(r, 1 + eps_high) A log p."""
+  c = config_lib.set_algorithm(load_config(), "cispo")
+  logp = jnp.log(jnp.asarray([[0.2, 0.3], [0.4, 0.5]], jnp.float32))
+  old = logp - jnp.log(jnp.asarray([[0.5, 2.0], [0.9, 1.1]], jnp.float32))  # r = 0.5, 2, 0.9, 1.1
+  adv = jnp.asarray([1.0, -2.0])
+  batch = types.SimpleNamespace(
+    old_logp=old, advantages=adv, loss_mask=jnp.ones((2, 2)), is_weights=None
+  )
+  spec = types.SimpleNamespace(algorithm="cispo", eps_low=c.rl.eps_low, eps_high=c.rl.eps_high,
+                               agg=c.rl.agg, max_len=None, loss_kwargs=())  # fmt: skip
+  loss, aux = algorithms.policy_loss(logp, batch, spec, 0.0)
+  r = np.array([[0.5, 2.0], [0.9, 1.1]])
+  weight = np.minimum(r, 1 + c.rl.eps_high)
+  want = np.mean(-weight * np.array([[1.0], [-2.0]]) * np.asarray(logp, np.float64))
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert float(aux["clip_frac_low"]) == 0.0 and float(aux["clip_frac_high"]) == 0.25
+
+
 def test_rloo_is_the_leave_one_out_baseline():
   rewards = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0], np.float32)
   rl = load_config().rl
