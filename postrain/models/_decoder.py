@@ -38,10 +38,11 @@ _REMAT_POLICIES = {
 }
 
 
-def _remat_blocks(layers, x, positions, valid, policy: str):
-  """The blocks (no cache) as one `jax.lax.scan` over their stacked parameters, each step under
-  `jax.checkpoint` with the named policy (`REMAT_POLICIES`): the backward pass recomputes what
-  the policy does not save, one block at a time.
+def _remat_blocks(layers, carry, apply, policy: str):
+  """The blocks (no cache) as one `jax.lax.scan` over their stacked parameters, each step
+  `carry = apply(block, carry)` under `jax.checkpoint` with the named policy (`REMAT_POLICIES`):
+  the backward pass recomputes what the policy does not save, one block at a time. `carry` is the
+  residual stream (or a tuple of streams, `Decoder.shared_prefix`).
 
   A scan, not a checkpoint per unrolled block: XLA:CPU's scheduler ran the recomputations of
   unrolled checkpointed blocks up front and the peak did not fall (with an `optimization_barrier`
@@ -51,14 +52,25 @@ def _remat_blocks(layers, x, positions, valid, policy: str):
   graphdef = nnx.graphdef(layers[0])
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
 
-  def body(x, state_index):
+  def body(carry, state_index):
     state, index = state_index
     with lora_layer(index):  # LoRA dropout keys per block
-      y = nnx.merge(graphdef, state)(x, positions, valid, None, 0)[0]
-    return constrain(y, _RESIDUAL), None
+      carry = apply(nnx.merge(graphdef, state), carry)
+    return jax.tree.map(lambda y: constrain(y, _RESIDUAL), carry), None
 
   body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
-  return jax.lax.scan(body, x, (stacked, jnp.arange(len(layers))))[0]
+  return jax.lax.scan(body, carry, (stacked, jnp.arange(len(layers))))[0]
+
+
+def _blocks(layers, carry, apply, remat: str):
+  """`carry = apply(block, carry)` for every block: unrolled, or `_remat_blocks` under a policy."""
+  if remat != "none":
+    return _remat_blocks(layers, carry, apply, remat)
+  for i, layer in enumerate(layers):
+    with lora_layer(i):  # LoRA dropout keys per block
+      carry = apply(layer, carry)
+    carry = jax.tree.map(lambda y: constrain(y, _RESIDUAL), carry)
+  return carry
 
 
 class Decoder(nnx.Module):
@@ -128,19 +140,68 @@ class Decoder(nnx.Module):
 
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
     x = constrain(x, _RESIDUAL)
-    if layer_cache is None and cfg.remat != "none":
-      return self.final_norm(_remat_blocks(self.layers, x, positions, valid, cfg.remat)), None
+    if layer_cache is None:
+      x = _blocks(self.layers, x, lambda block, x: block(x, positions, valid)[0], cfg.remat)
+      return self.final_norm(x), None
     for i, layer in enumerate(self.layers):
-      with lora_layer(i):  # LoRA dropout keys per block
+      with lora_layer(i):
         x, k_cache, v_cache = layer(x, positions, valid, layer_cache, i)
       x = constrain(x, _RESIDUAL)
-      if layer_cache is not None:
-        layer_cache = (k_cache, v_cache, *layer_cache[2:])
+      layer_cache = (k_cache, v_cache, *layer_cache[2:])
     hidden = self.final_norm(x)
-    if cache is None:
-      return hidden, None
     k_cache, v_cache, slot_valid, end = layer_cache
     return hidden, KVCache(k=k_cache, v=v_cache, valid=slot_valid, end=end + t)
+
+  def shared_prefix(
+    self,
+    prefix: jax.Array,
+    prefix_positions: jax.Array,
+    prefix_valid: jax.Array,
+    tokens: jax.Array,
+    positions: jax.Array,
+    valid: jax.Array,
+    *,
+    group: int,
+  ) -> tuple[jax.Array, jax.Array]:
+    """The uncached forward pass of B = P * group rows whose first S columns are shared by each
+    `group` consecutive rows, running those columns once per group.
+
+    Row b is `prefix[b // group] ++ tokens[b]`; the result equals `self(rows, ...)` on the full
+    rows [B, S + R] (the prefix columns of row b equal to prefix b // group's), up to float32
+    summation order, in (S * P + R * B) / ((S + R) * B) of its token-wise work: the RL group
+    layout (`RLBatch.prompt_group`), where every sample of a prompt repeats the prompt. The
+    gradient through the shared prefix is the sum of its rows' (the reverse of the broadcast).
+
+    Args:
+      prefix, prefix_positions, prefix_valid: i32 / i32 / bool [P, S], the shared columns.
+      tokens, positions, valid: i32 / i32 / bool [B, R], each row's own columns.
+      group: rows per prefix (B = P * group).
+
+    Returns:
+      (hidden of the prefixes [P, S, D], hidden of the rows' own columns [B, R, D]), after the
+      final norm.
+    """
+    cfg = self.cfg
+    for name, x in (("prefix", prefix), ("tokens", tokens)):
+      check_rank(name, x, 2)
+      _check_int(name, x)
+    check_shape("prefix_positions", prefix_positions, prefix.shape, like="prefix")
+    check_shape("prefix_valid", prefix_valid, prefix.shape, like="prefix")
+    check_shape("positions", positions, tokens.shape, like="tokens")
+    check_shape("valid", valid, tokens.shape, like="tokens")
+    if not isinstance(group, int) or group < 1 or prefix.shape[0] * group != tokens.shape[0]:
+      raise ValueError(f"`group`={group!r} must be a positive int with prefix rows "
+                       f"{prefix.shape[0]} x group == token rows {tokens.shape[0]}.")  # fmt: skip
+    embed = lambda t: constrain(  # noqa: E731
+      jnp.take(self.embedding[...], t, axis=0).astype(cfg.jnp_dtype), _RESIDUAL
+    )
+    valid_p, valid_s = prefix_valid.astype(bool), valid.astype(bool)
+
+    def apply(block, carry):
+      return block.shared_prefix(*carry, prefix_positions, positions, valid_p, valid_s, group)
+
+    hp, hs = _blocks(self.layers, (embed(prefix), embed(tokens)), apply, cfg.remat)
+    return self.final_norm(hp), self.final_norm(hs)
 
   def output_embedding(self) -> jax.Array:
     """The output projection [D, V]: the tied embedding transposed, or the LM head."""

@@ -53,6 +53,12 @@ _LORA_LAYER = contextvars.ContextVar("lora_layer", default=0)
 LORA_SITES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def lora_dropout_active() -> bool:
+  """Whether LoRA adapter dropout is on in the forward pass being traced (`lora_dropout`)."""
+  drop = _LORA_DROPOUT.get()
+  return drop is not None and drop[0] > 0
+
+
 @contextlib.contextmanager
 def lora_layer(index):
   """While block `index` is traced: its adapters' dropout keys fold in `index`."""
@@ -183,6 +189,41 @@ def full_attention(
   return jnp.einsum("BKGTS,BSKH->BTKGH", p_BKGTS, v_BSKH)
 
 
+def prefix_attention(
+  q_BRKGH: jax.Array,
+  kp_PSKH: jax.Array,
+  vp_PSKH: jax.Array,
+  valid_PS: jax.Array,
+  k_BRKH: jax.Array,
+  v_BRKH: jax.Array,
+  valid_BR: jax.Array,
+  group: int,
+) -> jax.Array:
+  """Attention of R suffix tokens per row over a prefix shared by `group` consecutive rows.
+
+  Row b (B = P * group) continues prefix p = b // group: its query at suffix position r attends
+  to the valid prefix slots of p and to its own valid suffix tokens <= r, one softmax over both,
+  i.e. the causal `full_attention` of the row `prefix_p ++ suffix_b` restricted to its suffix
+  queries, without copying the prefix's keys and values per row.
+
+  Returns: [B, R, K, G, H].
+  """
+  b, r, k, g, h = q_BRKGH.shape
+  p, s = valid_PS.shape
+  scale = h**-0.5
+  q_PnRKGH = q_BRKGH.reshape(p, group, r, k, g, h)
+  sp = jnp.einsum("PnRKGH,PSKH->PnKGRS", q_PnRKGH, kp_PSKH, preferred_element_type=jnp.float32)
+  sp = jnp.where(valid_PS[:, None, None, None, None, :], sp * scale, _NEG).reshape(b, k, g, r, s)
+  ss = jnp.einsum("BRKGH,BSKH->BKGRS", q_BRKGH, k_BRKH, preferred_element_type=jnp.float32)
+  causal_RS = jnp.tril(jnp.ones((r, r), bool))
+  own = causal_RS[None, None, None] & valid_BR[:, None, None, None, :]
+  ss = jnp.where(own, ss * scale, _NEG)
+  probs = jax.nn.softmax(jnp.concatenate([sp, ss], axis=-1), axis=-1).astype(v_BRKH.dtype)
+  pp = probs[..., :s].reshape(p, group, k, g, r, s)
+  out = jnp.einsum("PnKGRS,PSKH->PnRKGH", pp, vp_PSKH).reshape(b, r, k, g, h)
+  return out + jnp.einsum("BKGRS,BSKH->BRKGH", probs[..., s:], v_BRKH)
+
+
 def cached_attention(
   q_BTKGH: jax.Array,
   k_cache: jax.Array,
@@ -260,11 +301,8 @@ class Attention(nnx.Module):
     self.num_kv_heads = kv
     self.block = cfg.attention_block
 
-  def __call__(self, x_BTD, positions_BT, valid_BT, cache=None, layer: int = 0):
-    """Returns (out_BTD, k_cache, v_cache); the caches are None without a cache.
-
-    cache: (k_cache [L,B,S,K,H], v_cache, slot_valid [B,S] (already updated), end i32[]).
-    """
+  def _project(self, x_BTD, positions_BT):
+    """(q [B, T, K, G, H], k [B, T, K, H], v [B, T, K, H]) of the normed input, RoPE applied."""
     dt = self.dtype
     q = adapt(self, "q", x_BTD, jnp.einsum("BTD,DNH->BTNH", x_BTD, weight(self.q, dt)))
     k = adapt(self, "k", x_BTD, jnp.einsum("BTD,DKH->BTKH", x_BTD, weight(self.k, dt)))
@@ -279,23 +317,43 @@ class Attention(nnx.Module):
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
     # Query head n = kv_head * G + g (HF's repeat_kv order).
-    q_BTKGH = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
-    if cache is None:
-      out = full_attention(q_BTKGH, k, v, valid_BT)
-      k_cache = v_cache = None
-    else:
-      k_cache, v_cache, slot_valid, end = cache
-      idx = (layer, 0, end, 0, 0)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), idx)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), idx)
-      out = cached_attention(
-        q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
-      ).astype(dt)
+    return q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h), k, v
+
+  def _output(self, out_BTKGH):
+    """The output projection of the attention result [B, T, K, G, H] -> [B, T, D]."""
+    b, t, k, g, h = out_BTKGH.shape
     # As one [N * H, D] matmul: with the [N, H, D] einsum XLA transposed the weight every step.
-    o_MD = weight(self.o, dt).reshape(n * h, -1)
-    out_BTM = out.reshape(b, t, n * h)
-    out_BTD = adapt(self, "o", out_BTM, jnp.einsum("BTM,MD->BTD", out_BTM, o_MD))
-    return out_BTD, k_cache, v_cache
+    o_MD = weight(self.o, self.dtype).reshape(k * g * h, -1)
+    out_BTM = out_BTKGH.reshape(b, t, k * g * h).astype(self.dtype)
+    return adapt(self, "o", out_BTM, jnp.einsum("BTM,MD->BTD", out_BTM, o_MD))
+
+  def __call__(self, x_BTD, positions_BT, valid_BT, cache=None, layer: int = 0):
+    """Returns (out_BTD, k_cache, v_cache); the caches are None without a cache.
+
+    cache: (k_cache [L,B,S,K,H], v_cache, slot_valid [B,S] (already updated), end i32[]).
+    """
+    q_BTKGH, k, v = self._project(x_BTD, positions_BT)
+    if cache is None:
+      return self._output(full_attention(q_BTKGH, k, v, valid_BT)), None, None
+    k_cache, v_cache, slot_valid, end = cache
+    idx = (layer, 0, end, 0, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), idx)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), idx)
+    out = cached_attention(
+      q_BTKGH.astype(k_cache.dtype), k_cache, v_cache, layer, slot_valid, end, block=self.block
+    )
+    return self._output(out), k_cache, v_cache
+
+  def shared_prefix(self, xp_PSD, xs_BRD, pos_PS, pos_BR, valid_PS, valid_BR, group: int):
+    """Attention of rows that share a prefix (`Decoder.shared_prefix`): (out_PSD, out_BRD).
+
+    The P prefixes attend causally to themselves; row b's R suffix tokens attend to prefix
+    b // group and causally to their own row (`prefix_attention`)."""
+    qp, kp, vp = self._project(xp_PSD, pos_PS)
+    qs, ks, vs = self._project(xs_BRD, pos_BR)
+    out_p = full_attention(qp, kp, vp, valid_PS)
+    out_s = prefix_attention(qs, kp, vp, valid_PS, ks, vs, valid_BR, group)
+    return self._output(out_p), self._output(out_s)
 
 
 class MLP(nnx.Module):
@@ -333,3 +391,12 @@ class Block(nnx.Module):
     )
     h_BTD = x_BTD + attn_BTD
     return h_BTD + self.mlp(self.mlp_norm(h_BTD)), k_cache, v_cache
+
+  def shared_prefix(self, xp_PSD, xs_BRD, pos_PS, pos_BR, valid_PS, valid_BR, group: int):
+    """The block on P shared prefixes and B = P * group suffix rows (`Decoder.shared_prefix`):
+    token-wise parts on each stream, attention by `Attention.shared_prefix`."""
+    ap, as_ = self.attn.shared_prefix(
+      self.attn_norm(xp_PSD), self.attn_norm(xs_BRD), pos_PS, pos_BR, valid_PS, valid_BR, group
+    )
+    hp, hs = xp_PSD + ap, xs_BRD + as_
+    return hp + self.mlp(self.mlp_norm(hp)), hs + self.mlp(self.mlp_norm(hs))

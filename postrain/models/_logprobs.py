@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from postrain._constrain import constrain
 from postrain._validation import check_choice, check_rank, check_shape
 from postrain.models._decoder import Decoder
+from postrain.models._layers import lora_dropout_active
 
 IMPLS = ("naive", "chunked", "pallas")
 
@@ -59,6 +61,22 @@ def token_logprobs_from_hidden(
   return target_logit_N - lse_N, entropy_N
 
 
+def _check_shared_prefix(tokens: jax.Array, valid: jax.Array, group: int, s: int) -> None:
+  """ValueError when concrete `tokens` / `valid` differ inside a group of rows before column s."""
+  if isinstance(tokens, jax.core.Tracer) or isinstance(valid, jax.core.Tracer):
+    return
+  for name, x in (("tokens", tokens), ("valid", valid)):
+    x = np.asarray(x)[:, :s]
+    x = x.reshape(-1, group, s)
+    bad = np.nonzero(~np.all(x == x[:, :1], axis=(1, 2)))[0]
+    if bad.size:
+      raise ValueError(
+        f"prefix_group={group}: `{name}` differs inside row group {int(bad[0])} (rows "
+        f"{int(bad[0]) * group}..{int(bad[0]) * group + group - 1}) before column {s}; pass "
+        "prefix_group=1 for rows that do not share their prefix."
+      )
+
+
 def positions_from_valid(valid: jax.Array) -> jax.Array:
   """RoPE positions i32[B, T] = max(cumsum(valid) - 1, 0): left padding does not shift them."""
   return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
@@ -73,6 +91,7 @@ def logprobs(
   return_entropy: bool = False,
   impl: str = "naive",
   score_from: int = 0,
+  prefix_group: int = 1,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Per-token log-probabilities log p(tokens[:, t] | tokens[:, :t]) under `model`.
 
@@ -92,6 +111,13 @@ def logprobs(
       vocabulary-chunked kernels of `postrain.kernels`; same values, no [B*T, V] tensor).
     score_from: static int in [0, T); the first column that may be scored. Columns before it get
       logp (and entropy) 0 whatever `mask` says there: the caller promises `mask` is 0 on them.
+    prefix_group: static int g >= 1 dividing B; g > 1 (with `score_from` > 0) promises that each
+      g consecutive rows have equal `tokens` and `valid` in the columns before `score_from` (the
+      RL group layout: a prompt's samples, `RLBatch.prompt_group`), and runs those columns once
+      per group (`Decoder.shared_prefix`): the same values up to float32 summation order, in
+      (s / g + T - s) / T of the forward and backward work. Checked when the arrays are
+      concrete. Under LoRA adapter dropout (`lora_dropout`) every row runs whole (the rows'
+      dropout masks differ), as with g = 1.
 
   Returns:
     logp: f32[B, T], 0 where mask is 0 and where the token has no context (column 0, and the
@@ -111,15 +137,29 @@ def logprobs(
   check_shape("valid", valid, tokens.shape, like="tokens")
   valid = valid.astype(bool)
 
-  hidden_BTD, _ = model(tokens, positions_from_valid(valid), valid=valid)
-  d = hidden_BTD.shape[-1]
+  if not isinstance(prefix_group, int) or prefix_group < 1 or b % prefix_group:
+    raise ValueError(f"`prefix_group` must be a Python int >= 1 dividing the {b} rows, "
+                     f"got {prefix_group!r}.")  # fmt: skip
+  positions = positions_from_valid(valid)
+  s = max(score_from, 1)  # the scored columns s .. T - 1, from the hidden states s - 1 .. T - 2
+  if prefix_group > 1 and score_from > 0 and not lora_dropout_active():
+    g = prefix_group
+    _check_shared_prefix(tokens, valid, g, s)
+    hp, hs = model.shared_prefix(
+      tokens[::g, :s], positions[::g, :s], valid[::g, :s],
+      tokens[:, s:], positions[:, s:], valid[:, s:], group=g,
+    )  # fmt: skip
+    # hidden states s - 1 .. T - 2: the prefix's last column (each row of its group), then the rows'
+    hidden_BSD = jnp.concatenate([jnp.repeat(hp[:, -1:], g, axis=0), hs[:, :-1]], axis=1)
+  else:
+    hidden_BSD = model(tokens, positions, valid=valid)[0][:, s - 1 : -1]
+  d = hidden_BSD.shape[-1]
   # A token scores only with context: column 0 and the first token after left padding give 0.
   has_context = jnp.concatenate([jnp.zeros((b, 1), bool), valid[:, :-1]], axis=1)
   keep = mask.astype(bool) & has_context
-  s = max(score_from, 1)  # the scored columns s .. T - 1, from the hidden states s - 1 .. T - 2
   n = b * (t - s)
   logp, entropy = token_logprobs_from_hidden(
-    hidden_BTD[:, s - 1 : -1].reshape(n, d),
+    hidden_BSD.reshape(n, d),
     model.output_embedding(),
     tokens[:, s:].reshape(n),
     impl=impl,

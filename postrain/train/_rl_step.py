@@ -169,7 +169,12 @@ def rl_step(
     rewards, lengths = everyone["rewards"], everyone["lengths"]
     rewards, more = stages.run("rewards", rewards, ctx.replace(lengths=lengths))
     stage_metrics.update(more)
-    batch, metrics = rl_batch(out, rewards, rl=rl, progress=progress, rows=rows)
+    # The update runs each prompt once for its n samples (`RLBatch.prompt_group`); an
+    # environment's episodes are laid out by `_env_stage`, so every row runs whole there.
+    prompt_group = n if rl.share_prompt and episodes is None else 1
+    batch, metrics = rl_batch(
+      out, rewards, rl=rl, progress=progress, rows=rows, prompt_group=prompt_group
+    )
   metrics["response_len"] = float(np.mean(lengths))
 
   # The global batch on the mesh (F-TIS: the foreign groups as a block after the own rows).
@@ -214,7 +219,13 @@ def rl_step(
 
 
 def rl_batch(
-  out, rewards: np.ndarray, *, rl: mlc.ConfigDict, progress: float, rows: slice | None = None
+  out,
+  rewards: np.ndarray,
+  *,
+  rl: mlc.ConfigDict,
+  progress: float,
+  rows: slice | None = None,
+  prompt_group: int = 1,
 ) -> tuple[RLBatch, dict[str, float]]:
   """The update batch of one rollout: tokens, masks, old log-probs, advantages (device arrays).
 
@@ -224,6 +235,7 @@ def rl_batch(
   `rows` (a multi-process step): `out` holds rows `rows` of the step's batch and `rewards` all of
   them, so group and batch statistics and the reward metrics are those of the whole batch; the
   returned arrays are `out`'s rows ("response_len" is then the mean over `out`'s rows only).
+  `prompt_group`: the batch's `RLBatch.prompt_group` (rows per shared prompt).
   """
   rewards_j = jnp.asarray(rewards, jnp.float32)
   mask = out.response_mask.astype(jnp.float32)
@@ -234,7 +246,9 @@ def rl_batch(
     adv, zero_var, rewards_j = adv[rows], zero_var[rows], rewards_j[rows]
   ctx = stages.StageContext(rl=rl, progress=progress, zero_variance=zero_var)
   loss_mask, stage_metrics = stages.run("loss_mask", mask, ctx)
-  batch = RLBatch.from_rollout(out, loss_mask=loss_mask, advantages=adv, rewards=rewards_j)
+  batch = RLBatch.from_rollout(
+    out, loss_mask=loss_mask, advantages=adv, rewards=rewards_j, prompt_group=prompt_group
+  )
   metrics = {
     **stage_metrics,
     "reward_mean": float(np.mean(rewards)),

@@ -37,6 +37,10 @@ class RLBatch:
                             padded prompt width for a rollout batch (`from_rollout`), so the
                             update's log-probs skip the output projection over the prompts
                             (`models.logprobs(score_from=)`); 0 for a batch built field by field
+  prompt_group  int (static)  each `prompt_group` consecutive rows share their columns before
+                            `score_from` (a prompt's samples): the update runs those columns once
+                            per group (`models.logprobs(prefix_group=)`); 1 (every row whole) for a
+                            batch built field by field
 
   Old and sampler log-probs. The sampler runs the training policy (LoRA: a merged copy of it;
   mixed precision: the same bf16 forward), so its log-probs of the raw model are π_old itself:
@@ -63,6 +67,7 @@ class RLBatch:
   sampler_logp: jax.Array | None = None
   is_weights: jax.Array | None = None
   score_from: int = struct.field(pytree_node=False, default=0)
+  prompt_group: int = struct.field(pytree_node=False, default=1)
 
   @classmethod
   def of(cls, batch: RLBatch | Mapping[str, Any]) -> RLBatch:
@@ -81,11 +86,12 @@ class RLBatch:
     return cls(**batch)
 
   @classmethod
-  def from_rollout(cls, out, *, loss_mask, advantages, rewards) -> RLBatch:
+  def from_rollout(cls, out, *, loss_mask, advantages, rewards, prompt_group: int = 1) -> RLBatch:
     """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
     log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B];
     `score_from` is `out.prompt_len` (every response starts there; 0, every column scored, for an
-    output without one)."""
+    output without one). `prompt_group`: the sampler's samples per prompt `n` when the update may
+    run each prompt once (`RLBatch.prompt_group`), else 1."""
     return cls(
       tokens=out.tokens,
       valid=out.valid,
@@ -95,11 +101,13 @@ class RLBatch:
       advantages=advantages,
       rewards=rewards,
       score_from=int(getattr(out, "prompt_len", 0)),
+      prompt_group=prompt_group,
     )
 
   def fields(self) -> dict[str, jax.Array]:
-    """The filled array fields by name (None fields and the static `score_from` left out)."""
-    out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "score_from"}
+    """The filled array fields by name (None fields and the static ones left out)."""
+    static = ("score_from", "prompt_group")
+    out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in static}
     return {k: v for k, v in out.items() if v is not None}
 
 

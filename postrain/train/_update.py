@@ -76,11 +76,14 @@ class RLSpec:
   loss_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
-def _forward_logp(graphdef, params, rest, batch, impl):
+def _forward_logp(graphdef, params, rest, batch, spec):
   model = nnx.merge(graphdef, params, rest)
+  # Micro-batches hold whole groups of `spec.group_size` rows (`_micro_split`): a prompt's rows
+  # stay together when its group divides them.
+  group = batch.prompt_group if spec.group_size % batch.prompt_group == 0 else 1
   return models.logprobs(
-    model, batch.tokens, batch.mask, valid=batch.valid, return_entropy=True, impl=impl,
-    score_from=batch.score_from,
+    model, batch.tokens, batch.mask, valid=batch.valid, return_entropy=True,
+    impl=spec.logprob_impl, score_from=batch.score_from, prefix_group=group,
   )  # fmt: skip
 
 
@@ -133,7 +136,7 @@ def rl_loss(
   groups): each term is then this micro-batch's share of the minibatch's term.
   """
   batch = RLBatch.of(batch)
-  logp, entropy = _forward_logp(graphdef, params, rest, batch, spec.logprob_impl)
+  logp, entropy = _forward_logp(graphdef, params, rest, batch, spec)
   scale = _scaler(rl_counts(batch, spec) if totals is not None else None, totals)
   loss, aux = algorithms.policy_loss(logp, batch, spec, margin)  # the registry's loss
   loss_kind, aux_kinds = algorithms.normalisers(spec)

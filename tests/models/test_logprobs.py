@@ -178,3 +178,58 @@ def test_score_from_equals_full_scoring_values_and_gradients(impl):
   np.testing.assert_allclose(np.asarray(cut)[:, 6:], np.asarray(full)[:, 6:], atol=1e-6)
   with pytest.raises(ValueError, match="`score_from` must be a Python int in \\[0, 10\\)"):
     models.logprobs(m, tokens, mask, score_from=10)
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-qwen3"])
+@pytest.mark.parametrize("remat", ["none", "block"])
+def test_prefix_group_equals_every_row_whole_values_and_gradients(config, remat):
+  """`prefix_group=g` (the shared prompt columns run once per group, `Decoder.shared_prefix`) =
+  every row run whole: log-probs, entropies and parameter gradients, with left padding of
+  different widths per group, padding inside a response (a stopped row) and g = 3."""
+  cfg = models.get_config(config).replace(remat=remat)
+  model = models.Decoder(cfg, rngs=nnx.Rngs(5))
+  rng = np.random.default_rng(2)
+  g, p, s, r = 3, 2, 6, 5  # groups of 3 rows, 2 prompts, 6 prompt columns, 5 response columns
+  prompts = rng.integers(0, cfg.vocab_size, (p, s))
+  pad = np.array([1, 3])  # left padding of each prompt
+  responses = rng.integers(0, cfg.vocab_size, (p * g, r))
+  tokens = jnp.asarray(np.concatenate([np.repeat(prompts, g, 0), responses], 1), jnp.int32)
+  valid = np.arange(s + r)[None, :] >= np.repeat(pad, g)[:, None]
+  valid[1, s + 3 :] = False  # row 1 stopped after 3 response tokens
+  mask = jnp.asarray(valid & (np.arange(s + r)[None, :] >= s))
+  valid = jnp.asarray(valid)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params, group):
+    m = nnx.merge(graphdef, params, rest)
+    lp, ent = models.logprobs(
+      m, tokens, mask, valid=valid, return_entropy=True, score_from=s, prefix_group=group
+    )
+    return jnp.sum(lp * jnp.arange(s + r)) + 0.3 * jnp.sum(ent), (lp, ent)
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (v_ref, (lp_ref, ent_ref)), g_ref = grad(params, 1)
+  (v, (lp, ent)), gr = grad(params, g)
+  assert (np.asarray(lp_ref)[:, s:] != 0).any()
+  np.testing.assert_allclose(lp, lp_ref, atol=2e-5)
+  np.testing.assert_allclose(ent, ent_ref, atol=2e-5)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(gr), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
+def test_prefix_group_rejects_rows_that_do_not_share_the_prefix():
+  cfg = models.get_config("tiny")
+  m = models.Decoder(cfg, rngs=nnx.Rngs(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 8)), jnp.int32)
+  mask = jnp.broadcast_to(jnp.arange(8)[None, :] >= 5, (4, 8))
+  with pytest.raises(ValueError, match="prefix_group=2: `tokens` differs inside row group 0"):
+    models.logprobs(m, tokens, mask, score_from=5, prefix_group=2)
+  with pytest.raises(ValueError, match="`prefix_group` must be a Python int >= 1 dividing the 4"):
+    models.logprobs(m, tokens, mask, score_from=5, prefix_group=3)
+  tokens = tokens.at[1, :5].set(tokens[0, :5]).at[3, :5].set(tokens[2, :5])
+  valid = jnp.ones((4, 8), bool).at[3, 0].set(False)
+  with pytest.raises(ValueError, match=r"`valid` differs inside row group 1 \(rows 2\.\.3\)"):
+    models.logprobs(m, tokens, mask, valid=valid, score_from=5, prefix_group=2)
+  shared = models.logprobs(m, tokens, mask, score_from=5, prefix_group=2)
+  np.testing.assert_allclose(shared, models.logprobs(m, tokens, mask, score_from=5), atol=2e-5)

@@ -126,6 +126,42 @@ def test_rl_microbatches_equal_whole_minibatch(algorithm, agg):
   _assert_same(_grads_fn(spec, 2)(params, batch, margin), want)
 
 
+@pytest.mark.parametrize(
+  "algorithm,agg",
+  [
+    ("grpo", "seq_mean_token_mean"),
+    ("gspo", "seq_mean_token_mean"),
+    ("conspo", "seq_mean_token_mean"),
+  ],
+)
+@pytest.mark.parametrize("microbatch_rows", [0, 4])
+def test_shared_prompt_update_equals_whole_rows(algorithm, agg, microbatch_rows):
+  """`RLBatch.prompt_group` (each prompt's columns run once per group, `rl.share_prompt`): the
+  gradient and every aux metric equal those of the batch run row by row, whole or in
+  micro-batches of two groups."""
+  spec = _spec(algorithm, agg)
+  batch = _rl_batch(4)
+  if algorithm == "conspo":
+    del batch["is_weights"]
+  plen = 4  # the responses start at column >= 5 (`_rl_batch`), after a 4-column prompt
+  tokens, valid = batch["tokens"], batch["valid"]
+  tokens[:, :plen] = np.repeat(tokens[::G, :plen], G, axis=0)
+  valid[0, :3] = False  # row 1 is left-padded: so is the other row of its group
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  whole = _update.RLBatch(**batch, score_from=plen)
+  shared = whole.replace(prompt_group=G)
+  _, params, _ = _split_model()
+  margin = jnp.float32(0.01)
+  (g1, a1), (g0, a0) = (
+    _grads_fn(spec, microbatch_rows)(params, b, margin) for b in (shared, whole)
+  )
+  for k in a0:  # summation order only
+    np.testing.assert_allclose(a1[k], a0[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g0))
+  for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_microbatch_rows_must_keep_groups_whole():
   spec = _spec("conspo", "seq_mean_token_mean", group_size=4)
   graphdef, params, rest = _split_model()
