@@ -147,7 +147,9 @@ def test_no_private_train_module_outside_postrain_train():
   sources = {}
   for top in ("postrain", "benchmarks", "experiments", "configs", "kernels"):
     for f in (REPO / top).rglob("*.py"):
-      if (REPO / "postrain" / "train") not in f.parents:
+      # not the git-ignored venvs and caches (`benchmarks/.venv-trl`, ...)
+      hidden = any(p.startswith(".") for p in f.relative_to(REPO).parts)
+      if (REPO / "postrain" / "train") not in f.parents and not hidden:
         sources[f] = f.read_text(encoding="utf-8")
   for nb in (REPO / "notebooks").rglob("*.ipynb"):
     cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
