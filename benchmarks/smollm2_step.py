@@ -15,7 +15,8 @@ rooflines are measured again right after each phase (the load of a shared host m
   (temperature 1, no stop token: every row decodes every step), in generated tokens/s against the
   decode roofline `rows / max(2 x params x rows / matmul rate, bytes per step / bandwidth)`, bytes
   per step = the float32 parameters + half the final KV cache;
-- log-probs: one forward of the batch (`models.logprobs`, the old / reference log-probs' cost);
+- log-probs: one forward of the batch (`models.logprobs`, the old / reference log-probs' cost),
+  and as the trainer's KL reference pass runs it (responses only, each prompt once per group);
 - update: one GSPO + AdamW optimiser step on an RL batch (`--prompt-len` prompt columns, the
   responses after them, `RLBatch.score_from`), model FLOP utilisation = model FLOPs / time / the
   matmul rate, for each `--remat` policy; model FLOPs = 6 x (the blocks' parameters x all tokens +
@@ -123,6 +124,10 @@ def logprobs_and_update(remats, rows, t, plen, micro, repeats, shared=True):
       roof = rooflines(5)
       out["logprobs_s"] = s
       out["logprobs_of_matmul_rate"] = 2 * n_params * rows * t / s / 1e9 / roof["matmul_gflops"]
+      if shared:  # the reference pass as the trainer runs it: responses only, prompts once
+        lp = pt.make_logprob_fn(graphdef, rest, "chunked", score_from=plen, prefix_group=8)
+        out["logprobs_shared_prompt_s"] = _median_time(functools.partial(lp, *args), repeats)
+        out["logprobs_shared_prompt_speedup"] = s / out["logprobs_shared_prompt_s"]
     tx, fn = gspo_update(graphdef, rest, microbatch_rows=micro)
     args = (params, tx.init(params), batch, jnp.float32(0.0))
     s = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)

@@ -62,7 +62,8 @@ class RLStepParts:
   sampler      the `ShardedSampler` (its parameters are set from the state each step)
   graphdef, rest   the model's structure and non-parameter state (`nnx.split`)
   update       jitted `(TrainState, RLBatch, margin) -> (TrainState, aux)`, the state donated
-  logprobs     jitted `(params, tokens, mask, valid) -> f32[B, T]`
+  logprobs     jitted `(params, tokens, mask, valid, score_from=0, prefix_group=1) -> f32[B, T]`
+               (the keywords: the batch layout, `models.logprobs`)
   num_rl_steps the RL phase's length (temporal window progress, ConSPO margin schedule)
   foreign      the F-TIS stage or None
   env          the multi-turn rollout stage (`_env_stage.EnvRollouts`, config.env) or None
@@ -81,8 +82,7 @@ class RLStepParts:
   # The model the sampler runs for given params (LoRA: a merged copy); default merge(graphdef,
   # params, rest).
   sampling_model: Callable[[Any], Any] | None = None
-  # LoRA with rl.kl_coef > 0: `(params, tokens, mask, valid) -> f32[B, T]` of the base with the
-  # adapters off (the KL reference).
+  # LoRA with rl.kl_coef > 0: `logprobs` of the base with the adapters off (the KL reference).
   base_logprobs: Callable[..., Any] | None = None
 
   def policy_model(self, params: Any) -> Any:
@@ -186,13 +186,16 @@ def rl_step(
     metrics.update(ftis_metrics)
   else:
     batch = mesh.place_rows(batch, num_rows)
+  # The reference pass reads the batch's layout as the update does (responses only, each prompt
+  # once per group).
+  layout = dict(score_from=batch.score_from, prefix_group=batch.prompt_group)
   if parts.base_logprobs is not None:  # LoRA: the KL reference is the base, adapters off
     batch = batch.replace(
-      ref_logp=parts.base_logprobs(state.params, batch.tokens, batch.mask, batch.valid)
+      ref_logp=parts.base_logprobs(state.params, batch.tokens, batch.mask, batch.valid, **layout)
     )
   elif ref_params is not None:
     batch = batch.replace(
-      ref_logp=parts.logprobs(ref_params, batch.tokens, batch.mask, batch.valid)
+      ref_logp=parts.logprobs(ref_params, batch.tokens, batch.mask, batch.valid, **layout)
     )
 
   # 5. Update: one optimiser step per minibatch, with this step's ConSPO margin.

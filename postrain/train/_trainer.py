@@ -217,21 +217,21 @@ class Trainer:
       **self._rest_kwargs(),
     )
     self.base_logprobs = None
+    # `(params, tokens, mask, valid, score_from=0, prefix_group=1) -> logp`: one compiled pass
+    # per batch layout (`make_logprob_fn`; an RL batch passes its `score_from` / `prompt_group`).
     if self.lora:
       # (adapters, frozen) pairs: the frozen base is an argument of the compiled pass.
-      pair_sh = (p_sh, self.rest_shardings)
-      on = mesh.shard_logprob_fn(_update.make_logprob_fn(self.graphdef, None, impl), pair_sh)
-      off = mesh.shard_logprob_fn(
-        _update.make_logprob_fn(self.graphdef, None, impl, adapters=False), pair_sh
-      )
-      self.ref_logprobs = lambda params, *batch: on((params, self.rest), *batch)
+      on = self._logprob_fns(impl, (p_sh, self.rest_shardings))
+      off = self._logprob_fns(impl, (p_sh, self.rest_shardings), adapters=False)
+      self.ref_logprobs = lambda params, *batch, **layout: on(**layout)((params, self.rest), *batch)
       # The KL reference: the base with the adapters switched off.
       if rl.kl_coef > 0:
-        self.base_logprobs = lambda params, *batch: off((params, self.rest), *batch)
+        self.base_logprobs = lambda params, *batch, **layout: off(**layout)(
+          (params, self.rest), *batch
+        )
     else:
-      self.ref_logprobs = mesh.shard_logprob_fn(
-        _update.make_logprob_fn(self.graphdef, self.rest, impl), p_sh
-      )
+      ref = self._logprob_fns(impl, p_sh)
+      self.ref_logprobs = lambda params, *batch, **layout: ref(**layout)(params, *batch)
     # The frozen reference model of the KL term (reset to the policy when RL starts); with LoRA
     # the base itself (`base_logprobs`), no copy.
     self.ref_params = (
@@ -286,6 +286,21 @@ class Trainer:
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
 
   # -- LoRA ------------------------------------------------------------------------------------
+
+  def _logprob_fns(self, impl: str, shardings: Any, *, adapters: bool = True) -> Any:
+    """`(score_from=0, prefix_group=1) -> the sharded log-prob pass for that batch layout`, each
+    built once (LoRA, `self.lora`: over (adapters, frozen) pairs)."""
+    rest = None if self.lora else self.rest
+
+    @functools.cache
+    def build(score_from: int = 0, prefix_group: int = 1):
+      fn = _update.make_logprob_fn(
+        self.graphdef, rest, impl, adapters=adapters, score_from=score_from,
+        prefix_group=prefix_group,
+      )  # fmt: skip
+      return self.mesh.shard_logprob_fn(fn, shardings)
+
+    return build
 
   def _rest_kwargs(self) -> dict[str, Any]:
     """LoRA: the frozen base as the compiled update's argument (`MeshContext.shard_update`)."""

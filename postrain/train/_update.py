@@ -425,11 +425,15 @@ def optimizer_count(opt_state: Any) -> jax.Array:
   raise ValueError("LoRA dropout needs an optimiser state with a step `count` (optax Adam).")
 
 
-def make_logprob_fn(graphdef, rest, impl: str, *, adapters: bool = True):
+def make_logprob_fn(
+  graphdef, rest, impl: str, *, adapters: bool = True, score_from: int = 0, prefix_group: int = 1
+):
   """Jitted per-token log-probs of a batch under given parameters (reference model).
 
   `rest=None` (LoRA): `params` is the pair (adapters, frozen base and rest), both arguments;
-  `adapters=False`: the LoRA adapters are switched off (the base model: the KL reference)."""
+  `adapters=False`: the LoRA adapters are switched off (the base model: the KL reference).
+  `score_from` / `prefix_group`: the batch layout `models.logprobs` exploits (an `RLBatch`'s
+  `score_from` / `prompt_group`); the defaults score every column of every row whole."""
 
   @jax.jit
   def fn(params, tokens, mask, valid):
@@ -439,6 +443,9 @@ def make_logprob_fn(graphdef, rest, impl: str, *, adapters: bool = True):
       frozen = rest
     model = nnx.merge(graphdef, params, frozen)
     with contextlib.nullcontext() if adapters else models.lora_disabled():
-      return models.logprobs(model, tokens, mask, valid=valid, impl=impl)
+      return models.logprobs(
+        model, tokens, mask, valid=valid, impl=impl, score_from=score_from,
+        prefix_group=prefix_group,
+      )  # fmt: skip
 
   return fn
