@@ -285,8 +285,6 @@ class Trainer:
     )
     self.update_memory = self._check_memory() if _memory.should_check(config) else {}
 
-  # -- LoRA ------------------------------------------------------------------------------------
-
   def _logprob_fns(self, impl: str, shardings: Any, *, adapters: bool = True) -> Any:
     """`(score_from=0, prefix_group=1) -> the sharded log-prob pass for that batch layout`, each
     built once (LoRA, `self.lora`: over (adapters, frozen) pairs)."""
@@ -301,6 +299,8 @@ class Trainer:
       return self.mesh.shard_logprob_fn(fn, shardings)
 
     return build
+
+  # -- LoRA ------------------------------------------------------------------------------------
 
   def _rest_kwargs(self) -> dict[str, Any]:
     """LoRA: the frozen base as the compiled update's argument (`MeshContext.shard_update`)."""

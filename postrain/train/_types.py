@@ -89,8 +89,7 @@ class RLBatch:
   def from_rollout(cls, out, *, loss_mask, advantages, rewards, prompt_group: int = 1) -> RLBatch:
     """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
     log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B];
-    `score_from` is `out.prompt_len` (every response starts there; 0, every column scored, for an
-    output without one). `prompt_group`: the sampler's samples per prompt `n` when the update may
+    `score_from` is `out.prompt_len` (every response starts there). `prompt_group`: the sampler's samples per prompt `n` when the update may
     run each prompt once (`RLBatch.prompt_group`), else 1."""
     return cls(
       tokens=out.tokens,
@@ -100,7 +99,7 @@ class RLBatch:
       old_logp=out.model_logp,
       advantages=advantages,
       rewards=rewards,
-      score_from=int(getattr(out, "prompt_len", 0)),
+      score_from=int(out.prompt_len),
       prompt_group=prompt_group,
     )
 

@@ -29,6 +29,7 @@ def _scrl_rollout(seed):
     response_mask=jnp.asarray(mask, jnp.float32),
     model_logp=jnp.asarray(np.where(mask, -1.0, 0.0), jnp.float32),
     lengths=jnp.asarray(lengths, jnp.int32),
+    prompt_len=4,
   )
   sub = rng.integers(0, 2, size=(B, K)).astype(np.float32)
   outcome = rng.integers(0, 2, size=B).astype(np.float32)
@@ -37,7 +38,9 @@ def _scrl_rollout(seed):
 
 
 def _rows(out, rows):
-  return types.SimpleNamespace(**{k: v[rows] for k, v in vars(out).items()})
+  return types.SimpleNamespace(
+    **{k: v if k == "prompt_len" else v[rows] for k, v in vars(out).items()}
+  )
 
 
 @pytest.mark.parametrize("scale", ["group", "batch"])

@@ -312,6 +312,7 @@ def _rl_setup():
     sample_logp=sample_logp,
     model_logp=sample_logp,
     lengths=jnp.asarray(lengths),
+    prompt_len=4,
   )
   return params, tx, update, logprob, out
 

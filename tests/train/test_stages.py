@@ -75,6 +75,7 @@ def test_loss_mask_stages_of_the_registry():
     response_mask=jnp.asarray(mask),
     model_logp=jnp.zeros((b, t)),
     lengths=np.full(b, 4),
+    prompt_len=2,
   )
   rewards = np.array([1.0, 1.0, 0.0, 1.0], np.float32)  # group 0 without variance
   batch, _ = rl_batch(out, rewards, rl=c.rl, progress=0.0)
