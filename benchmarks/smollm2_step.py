@@ -129,23 +129,24 @@ def logprobs_and_update(remats, rows, t, plen, micro, repeats, shared=True):
         out["logprobs_shared_prompt_s"] = _median_time(functools.partial(lp, *args), repeats)
         out["logprobs_shared_prompt_speedup"] = s / out["logprobs_shared_prompt_s"]
     tx, fn = gspo_update(graphdef, rest, microbatch_rows=micro)
-    args = (params, tx.init(params), batch, jnp.float32(0.0))
-    s = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)
-    roof = rooflines(5)
-    out[f"update_remat_{remat}_matmul_gflops"] = roof["matmul_gflops"]
-    out[f"update_remat_{remat}_s"] = s
-    out[f"update_remat_{remat}_mfu"] = flops / s / 1e9 / roof["matmul_gflops"]
-    if shared:  # the same batch with each prompt run once per group (`RLBatch.prompt_group`)
-      args = (params, tx.init(params), batch.replace(prompt_group=8), jnp.float32(0.0))
-      s_shared = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)
-      # executed model FLOPs: the blocks on one prompt per group and on every response
-      flops_shared = 6 * ((n_params - n_head) * (rows // 8 * plen + rows * (t - plen))
-                          + n_head * rows * (t - plen))  # fmt: skip
+    # Every row whole, then (`shared`) the same batch with each prompt run once per group
+    # (`RLBatch.prompt_group`), whose executed FLOPs count the blocks on one prompt per group.
+    flops_shared = 6 * ((n_params - n_head) * (rows // 8 * plen + rows * (t - plen))
+                        + n_head * rows * (t - plen))  # fmt: skip
+    variants = [("", batch, flops)]
+    if shared:
+      variants.append(("_shared_prompt", batch.replace(prompt_group=8), flops_shared))
+    for suffix, b, f in variants:
+      args = (params, tx.init(params), b, jnp.float32(0.0))
+      s = _median_time(lambda fn=fn, args=args: fn(*args)[2]["loss"], repeats)
       roof = rooflines(5)
-      out[f"update_remat_{remat}_shared_prompt_s"] = s_shared
-      out[f"update_remat_{remat}_shared_prompt_speedup"] = s / s_shared
-      out[f"update_remat_{remat}_shared_prompt_mfu"] = (
-        flops_shared / s_shared / 1e9 / roof["matmul_gflops"]
+      key = f"update_remat_{remat}{suffix}"
+      out[f"{key}_matmul_gflops"] = roof["matmul_gflops"]
+      out[f"{key}_s"] = s
+      out[f"{key}_mfu"] = f / s / 1e9 / roof["matmul_gflops"]
+    if shared:
+      out[f"update_remat_{remat}_shared_prompt_speedup"] = (
+        out[f"update_remat_{remat}_s"] / out[f"update_remat_{remat}_shared_prompt_s"]
       )
   return out
 

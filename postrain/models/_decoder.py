@@ -138,8 +138,7 @@ class Decoder(nnx.Module):
       slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.end))
       layer_cache = (cache.k, cache.v, slot_valid, cache.end)
 
-    x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
-    x = constrain(x, _RESIDUAL)
+    x = self._embed(tokens)
     if layer_cache is None:
       x = _blocks(self.layers, x, lambda block, x: block(x, positions, valid)[0], cfg.remat)
       return self.final_norm(x), None
@@ -151,6 +150,11 @@ class Decoder(nnx.Module):
     hidden = self.final_norm(x)
     k_cache, v_cache, slot_valid, end = layer_cache
     return hidden, KVCache(k=k_cache, v=v_cache, valid=slot_valid, end=end + t)
+
+  def _embed(self, tokens: jax.Array) -> jax.Array:
+    """The residual stream's input [B, T, D]: the token embeddings in the activation dtype."""
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
+    return constrain(x, _RESIDUAL)
 
   def shared_prefix(
     self,
@@ -192,15 +196,12 @@ class Decoder(nnx.Module):
     if not isinstance(group, int) or group < 1 or prefix.shape[0] * group != tokens.shape[0]:
       raise ValueError(f"`group`={group!r} must be a positive int with prefix rows "
                        f"{prefix.shape[0]} x group == token rows {tokens.shape[0]}.")  # fmt: skip
-    embed = lambda t: constrain(  # noqa: E731
-      jnp.take(self.embedding[...], t, axis=0).astype(cfg.jnp_dtype), _RESIDUAL
-    )
     valid_p, valid_s = prefix_valid.astype(bool), valid.astype(bool)
 
     def apply(block, carry):
       return block.shared_prefix(*carry, prefix_positions, positions, valid_p, valid_s, group)
 
-    hp, hs = _blocks(self.layers, (embed(prefix), embed(tokens)), apply, cfg.remat)
+    hp, hs = _blocks(self.layers, (self._embed(prefix), self._embed(tokens)), apply, cfg.remat)
     return self.final_norm(hp), self.final_norm(hs)
 
   def output_embedding(self) -> jax.Array:

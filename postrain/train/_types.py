@@ -7,6 +7,7 @@ the stages of a step. Optional fields are `None` (an empty subtree) when a step 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,8 +90,9 @@ class RLBatch:
   def from_rollout(cls, out, *, loss_mask, advantages, rewards, prompt_group: int = 1) -> RLBatch:
     """The batch of a sampler output `out` (tokens, valid, response_mask, model_logp as the old
     log-probs) with its loss mask f32[B, T], advantages f32[B] or [B, T] and rewards f32[B];
-    `score_from` is `out.prompt_len` (every response starts there). `prompt_group`: the sampler's samples per prompt `n` when the update may
-    run each prompt once (`RLBatch.prompt_group`), else 1."""
+    `score_from` is `out.prompt_len` (every response starts there). `prompt_group`: the sampler's
+    samples per prompt `n` when the update may run each prompt once (`RLBatch.prompt_group`),
+    else 1."""
     return cls(
       tokens=out.tokens,
       valid=out.valid,
@@ -105,8 +107,8 @@ class RLBatch:
 
   def fields(self) -> dict[str, jax.Array]:
     """The filled array fields by name (None fields and the static ones left out)."""
-    static = ("score_from", "prompt_group")
-    out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in static}
+    arrays = [f.name for f in dataclasses.fields(self) if f.metadata.get("pytree_node", True)]
+    out = {name: getattr(self, name) for name in arrays}
     return {k: v for k, v in out.items() if v is not None}
 
 

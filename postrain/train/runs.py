@@ -151,10 +151,9 @@ def checkpoint_meta(workdir: str, step: int) -> dict[str, Any]:
     return dict(ckptr.restore(path))
 
 
-def _check_lora_base(workdir: str, sha256: str, *, given: bool, what: str) -> None:
-  """A LoRA run's adapters only fit the base they trained on: its checkpoint records the base's
+def _check_lora_base(workdir: str, step: int, sha256: str, *, given: bool, what: str) -> None:
+  """A LoRA run's adapters only fit the base they trained on: checkpoint `step` records the base's
   SHA-256 (`models.base_sha256`), compared here with the base about to be merged."""
-  step = checkpoint_steps(workdir)[-1]
   saved = checkpoint_meta(workdir, step).get("lora_base") or {}
   if saved.get("sha256") == sha256:
     return
@@ -228,7 +227,8 @@ def load_run(
   LoRA run's base (the SHA-256 its checkpoint records) is not the one given or built.
   """
   config = read_config(workdir, what=what)
-  if not checkpoint_steps(workdir):
+  steps = checkpoint_steps(workdir)
+  if not steps:
     raise FileNotFoundError(f"{what}: no checkpoint under {os.path.join(workdir, 'checkpoints')!r}")
   tokenizer = run_tokenizer(config, workdir)
   lora = config.model.get("lora", None)
@@ -239,7 +239,9 @@ def load_run(
       model = run_model(config, tokenizer.vocab_size, dtype=dtype, seed=config.seed)
     else:
       model = nnx.clone(base)  # adapters are added in place: leave the caller's model alone
-    _check_lora_base(workdir, models.base_sha256(model), given=base is not None, what=what)
+    _check_lora_base(
+      workdir, steps[-1], models.base_sha256(model), given=base is not None, what=what
+    )
     models.add_lora(
       model, rank=int(lora.rank), alpha=float(lora.alpha) or None, targets=tuple(lora.targets),
       seed=config.seed,
